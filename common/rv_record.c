@@ -1,0 +1,307 @@
+#include "rv_record.h"
+
+#include <avro.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rv_schemas.h"
+
+struct rv_codec {
+  avro_schema_t vec_schema;
+  avro_value_iface_t *vec_iface;
+  avro_value_t vec_value;
+  avro_schema_t chg_schema;
+  avro_value_iface_t *chg_iface;
+  avro_value_t chg_value;
+  avro_reader_t reader;
+  avro_writer_t writer;
+};
+
+/* Field positions, as in the .avsc files under schemas/. */
+enum { VF_ID, VF_OP, VF_VECTOR, VF_METADATA, VF_EVENT_TIME };
+enum { CF_ID, CF_OP, CF_VERSION, CF_VECTOR, CF_SQ8, CF_ATTRIBUTES, CF_EVENT_TIME, CF_CREATED_AT,
+       CF_TRACEPARENT };
+
+void rv_vector_record_init(rv_vector_record_t *r) { memset(r, 0, sizeof *r); }
+
+void rv_vector_record_close(rv_vector_record_t *r) {
+  free(r->id);
+  free(r->vector);
+  free(r->metadata);
+  rv_vector_record_init(r);
+}
+
+void rv_change_init(rv_change_t *c) { memset(c, 0, sizeof *c); }
+
+void rv_change_close(rv_change_t *c) {
+  free(c->id);
+  free(c->vector);
+  free(c->sq8_code);
+  free(c->attributes);
+  free(c->traceparent);
+  rv_change_init(c);
+}
+
+void rv_codec_destroy(rv_codec_t *c) {
+  if (!c) return;
+  if (c->vec_iface) {
+    avro_value_decref(&c->vec_value);
+    avro_value_iface_decref(c->vec_iface);
+  }
+  if (c->chg_iface) {
+    avro_value_decref(&c->chg_value);
+    avro_value_iface_decref(c->chg_iface);
+  }
+  if (c->vec_schema) avro_schema_decref(c->vec_schema);
+  if (c->chg_schema) avro_schema_decref(c->chg_schema);
+  if (c->reader) avro_reader_free(c->reader);
+  if (c->writer) avro_writer_free(c->writer);
+  free(c);
+}
+
+static int load(const char *json, avro_schema_t *schema, avro_value_iface_t **iface, avro_value_t *value) {
+  if (avro_schema_from_json_length(json, strlen(json), schema)) return -1;
+  *iface = avro_generic_class_from_schema(*schema);
+  if (!*iface) return -1;
+  if (avro_generic_value_new(*iface, value)) {
+    avro_value_iface_decref(*iface);
+    *iface = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+rv_codec_t *rv_codec_new(char *errstr, size_t errstr_size) {
+  rv_codec_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    return NULL;
+  }
+  static const char empty[1];
+  if (load(rv_schema_vector_record, &c->vec_schema, &c->vec_iface, &c->vec_value) ||
+      load(rv_schema_changelog_record, &c->chg_schema, &c->chg_iface, &c->chg_value) ||
+      !(c->reader = avro_reader_memory(empty, 0)) || !(c->writer = avro_writer_memory(empty, 0))) {
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "loading embedded Avro schemas: %s", avro_strerror());
+    rv_codec_destroy(c);
+    return NULL;
+  }
+  return c;
+}
+
+/* ---- encoding helpers ---- */
+
+static int set_opt_string(avro_value_t *u, const char *s) {
+  avro_value_t b;
+  if (!s) return avro_value_set_branch(u, 0, &b) || avro_value_set_null(&b);
+  return avro_value_set_branch(u, 1, &b) || avro_value_set_string(&b, s);
+}
+
+static int set_opt_long(avro_value_t *u, int has, int64_t v) {
+  avro_value_t b;
+  if (!has) return avro_value_set_branch(u, 0, &b) || avro_value_set_null(&b);
+  return avro_value_set_branch(u, 1, &b) || avro_value_set_long(&b, v);
+}
+
+static int set_opt_floats(avro_value_t *u, const float *v, int n) {
+  avro_value_t b, e;
+  if (!v) return avro_value_set_branch(u, 0, &b) || avro_value_set_null(&b);
+  if (avro_value_set_branch(u, 1, &b)) return -1;
+  for (int i = 0; i < n; i++)
+    if (avro_value_append(&b, &e, NULL) || avro_value_set_float(&e, v[i])) return -1;
+  return 0;
+}
+
+static rv_err_t write_value(rv_codec_t *c, avro_value_t *v, rv_buf_t *out, char *errstr, size_t errstr_size) {
+  size_t size;
+  if (avro_value_sizeof(v, &size))
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "avro sizeof: %s", avro_strerror());
+  if (rv_buf_reserve(out, size)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  avro_writer_memory_set_dest(c->writer, (const char *)out->base + out->len, (int64_t)size);
+  if (avro_value_write(c->writer, v))
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "avro write: %s", avro_strerror());
+  out->len += size;
+  return RV_OK;
+}
+
+rv_err_t rv_codec_encode_vector(rv_codec_t *c, const rv_vector_record_t *r, rv_buf_t *out,
+                                char *errstr, size_t errstr_size) {
+  if (!r->id) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "record has no id");
+  avro_value_t *v = &c->vec_value, f;
+  avro_value_reset(v);
+  if (avro_value_get_by_index(v, VF_ID, &f, NULL) || avro_value_set_string_len(&f, r->id, r->id_len + 1) ||
+      avro_value_get_by_index(v, VF_OP, &f, NULL) || avro_value_set_enum(&f, (int)r->op) ||
+      avro_value_get_by_index(v, VF_VECTOR, &f, NULL) || set_opt_floats(&f, r->vector, r->dim) ||
+      avro_value_get_by_index(v, VF_METADATA, &f, NULL) || set_opt_string(&f, r->metadata) ||
+      avro_value_get_by_index(v, VF_EVENT_TIME, &f, NULL) ||
+      set_opt_long(&f, r->has_event_time, r->event_time_ms))
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "avro encode: %s", avro_strerror());
+  return write_value(c, v, out, errstr, errstr_size);
+}
+
+rv_err_t rv_codec_encode_change(rv_codec_t *c, const rv_change_t *ch, rv_buf_t *out, char *errstr,
+                                size_t errstr_size) {
+  if (!ch->id) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "change has no id");
+  avro_value_t *v = &c->chg_value, f, g, b;
+  avro_value_reset(v);
+  int bad = avro_value_get_by_index(v, CF_ID, &f, NULL) || avro_value_set_string(&f, ch->id) ||
+            avro_value_get_by_index(v, CF_OP, &f, NULL) || avro_value_set_enum(&f, (int)ch->op) ||
+            avro_value_get_by_index(v, CF_VERSION, &f, NULL) ||
+            avro_value_get_by_index(&f, 0, &g, NULL) || avro_value_set_int(&g, ch->src_partition) ||
+            avro_value_get_by_index(&f, 1, &g, NULL) || avro_value_set_long(&g, ch->src_offset) ||
+            avro_value_get_by_index(v, CF_VECTOR, &f, NULL) || set_opt_floats(&f, ch->vector, ch->dim) ||
+            avro_value_get_by_index(v, CF_SQ8, &f, NULL);
+  if (!bad) {
+    if (!ch->sq8_code) {
+      bad = avro_value_set_branch(&f, 0, &b) || avro_value_set_null(&b);
+    } else {
+      bad = avro_value_set_branch(&f, 1, &b) || avro_value_get_by_index(&b, 0, &g, NULL) ||
+            avro_value_set_int(&g, ch->sq8_version) || avro_value_get_by_index(&b, 1, &g, NULL) ||
+            avro_value_set_bytes(&g, ch->sq8_code, (size_t)ch->sq8_len);
+    }
+  }
+  bad = bad || avro_value_get_by_index(v, CF_ATTRIBUTES, &f, NULL) || set_opt_string(&f, ch->attributes) ||
+        avro_value_get_by_index(v, CF_EVENT_TIME, &f, NULL) ||
+        set_opt_long(&f, ch->has_event_time, ch->event_time_ms) ||
+        avro_value_get_by_index(v, CF_CREATED_AT, &f, NULL) || avro_value_set_long(&f, ch->created_at_ms) ||
+        avro_value_get_by_index(v, CF_TRACEPARENT, &f, NULL) || set_opt_string(&f, ch->traceparent);
+  if (bad) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "avro encode: %s", avro_strerror());
+  return write_value(c, v, out, errstr, errstr_size);
+}
+
+/* ---- decoding helpers ---- */
+
+static int read_value(rv_codec_t *c, avro_value_t *v, const void *data, size_t len) {
+  avro_value_reset(v);
+  avro_reader_memory_set_source(c->reader, (const char *)data, (int64_t)len);
+  if (avro_value_read(c->reader, v)) return -1;
+  /* avro_reader_is_eof only turns true after a failed read, so probe one byte. */
+  char extra;
+  return avro_read(c->reader, &extra, 1) != 0 ? 0 : -2;
+}
+
+static int get_string(avro_value_t *f, char **out, size_t *out_len) {
+  const char *s;
+  size_t size; /* includes the NUL */
+  if (avro_value_get_string(f, &s, &size) || size == 0) return -1;
+  if (memchr(s, 0, size - 1)) return -1; /* embedded NUL: reject rather than truncate */
+  *out = malloc(size);
+  if (!*out) return -1;
+  memcpy(*out, s, size);
+  if (out_len) *out_len = size - 1;
+  return 0;
+}
+
+/* Returns 1 if the union in f holds its non-null branch (copied to *b), 0 if null. */
+static int branch(avro_value_t *f, avro_value_t *b) {
+  int disc = 0;
+  if (avro_value_get_discriminant(f, &disc) || disc == 0) return 0;
+  return avro_value_get_current_branch(f, b) == 0;
+}
+
+static int get_opt_string(avro_value_t *f, char **out) {
+  avro_value_t b;
+  if (!branch(f, &b)) return 0;
+  return get_string(&b, out, NULL);
+}
+
+static int get_opt_long(avro_value_t *f, int *has, int64_t *out) {
+  avro_value_t b;
+  if (!branch(f, &b)) return 0;
+  *has = 1;
+  return avro_value_get_long(&b, out);
+}
+
+static int get_opt_floats(avro_value_t *f, float **out, int *n_out) {
+  avro_value_t b, e;
+  if (!branch(f, &b)) return 0;
+  size_t n;
+  if (avro_value_get_size(&b, &n) || n > (1u << 24)) return -1;
+  float *v = malloc((n ? n : 1) * sizeof *v);
+  if (!v) return -1;
+  for (size_t i = 0; i < n; i++) {
+    if (avro_value_get_by_index(&b, i, &e, NULL) || avro_value_get_float(&e, &v[i])) {
+      free(v);
+      return -1;
+    }
+  }
+  *out = v;
+  *n_out = (int)n;
+  return 0;
+}
+
+rv_err_t rv_codec_decode_vector(rv_codec_t *c, const void *data, size_t len, rv_vector_record_t *out,
+                                char *errstr, size_t errstr_size) {
+  rv_vector_record_init(out);
+  avro_value_t *v = &c->vec_value, f;
+  int rc = read_value(c, v, data, len);
+  if (rc == -1) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: %s", avro_strerror());
+  if (rc == -2) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: trailing bytes after record");
+  int op = 0;
+  if (avro_value_get_by_index(v, VF_ID, &f, NULL) || get_string(&f, &out->id, &out->id_len) ||
+      avro_value_get_by_index(v, VF_OP, &f, NULL) || avro_value_get_enum(&f, &op) ||
+      avro_value_get_by_index(v, VF_VECTOR, &f, NULL) || get_opt_floats(&f, &out->vector, &out->dim) ||
+      avro_value_get_by_index(v, VF_METADATA, &f, NULL) || get_opt_string(&f, &out->metadata) ||
+      avro_value_get_by_index(v, VF_EVENT_TIME, &f, NULL) ||
+      get_opt_long(&f, &out->has_event_time, &out->event_time_ms) || (op != 0 && op != 1)) {
+    /* Avro-C does not range-check enum indexes on read: op 5 must not pass as UPSERT. */
+    rv_vector_record_close(out);
+    return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: malformed vector record");
+  }
+  out->op = op == 1 ? RV_OP_DELETE : RV_OP_UPSERT;
+  return RV_OK;
+}
+
+rv_err_t rv_codec_decode_change(rv_codec_t *c, const void *data, size_t len, rv_change_t *out,
+                                char *errstr, size_t errstr_size) {
+  rv_change_init(out);
+  avro_value_t *v = &c->chg_value, f, g, b;
+  int rc = read_value(c, v, data, len);
+  if (rc == -1) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: %s", avro_strerror());
+  if (rc == -2) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: trailing bytes after change");
+  int op = 0;
+  int bad = avro_value_get_by_index(v, CF_ID, &f, NULL) || get_string(&f, &out->id, NULL) ||
+            avro_value_get_by_index(v, CF_OP, &f, NULL) || avro_value_get_enum(&f, &op) ||
+            avro_value_get_by_index(v, CF_VERSION, &f, NULL) || avro_value_get_by_index(&f, 0, &g, NULL) ||
+            avro_value_get_int(&g, &out->src_partition) || avro_value_get_by_index(&f, 1, &g, NULL) ||
+            avro_value_get_long(&g, &out->src_offset) ||
+            avro_value_get_by_index(v, CF_VECTOR, &f, NULL) || get_opt_floats(&f, &out->vector, &out->dim) ||
+            avro_value_get_by_index(v, CF_SQ8, &f, NULL);
+  if (!bad && branch(&f, &b)) {
+    const void *bytes;
+    size_t n;
+    bad = avro_value_get_by_index(&b, 0, &g, NULL) || avro_value_get_int(&g, &out->sq8_version) ||
+          avro_value_get_by_index(&b, 1, &g, NULL) || avro_value_get_bytes(&g, &bytes, &n);
+    if (!bad && (out->sq8_code = malloc(n ? n : 1)) != NULL) {
+      memcpy(out->sq8_code, bytes, n);
+      out->sq8_len = (int)n;
+    } else {
+      bad = 1;
+    }
+  }
+  bad = bad || avro_value_get_by_index(v, CF_ATTRIBUTES, &f, NULL) || get_opt_string(&f, &out->attributes) ||
+        avro_value_get_by_index(v, CF_EVENT_TIME, &f, NULL) ||
+        get_opt_long(&f, &out->has_event_time, &out->event_time_ms) ||
+        avro_value_get_by_index(v, CF_CREATED_AT, &f, NULL) || avro_value_get_long(&f, &out->created_at_ms) ||
+        avro_value_get_by_index(v, CF_TRACEPARENT, &f, NULL) || get_opt_string(&f, &out->traceparent) ||
+        (op != 0 && op != 1);
+  if (bad) {
+    rv_change_close(out);
+    return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: malformed change record");
+  }
+  out->op = op == 1 ? RV_OP_DELETE : RV_OP_UPSERT;
+  return RV_OK;
+}
+
+rv_err_t rv_confluent_put_header(rv_buf_t *out, uint32_t schema_id) {
+  uint8_t zero = 0;
+  rv_err_t err = rv_buf_append(out, &zero, 1);
+  return err ? err : rv_buf_put_be32(out, schema_id);
+}
+
+int rv_confluent_parse(const void *data, size_t len, uint32_t *schema_id, size_t *payload_off) {
+  const uint8_t *p = data;
+  if (len < RV_CONFLUENT_HEADER || p[0] != 0) return 0;
+  *schema_id = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+  *payload_off = RV_CONFLUENT_HEADER;
+  return 1;
+}

@@ -1,0 +1,83 @@
+#ifndef RV_RECORD_H
+#define RV_RECORD_H
+/* The two records that cross Kafka, and their Avro codec (Avro-C generic values).
+ *
+ * A vector record (schemas/vector_record.avsc) is what producers publish to
+ * <collection>.vectors; a change (schemas/changelog_record.avsc) is what ingest
+ * publishes to <collection>.changelog after a commit and replicas apply. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rv_buf.h"
+#include "rv_err.h"
+
+typedef enum { RV_OP_UPSERT = 0, RV_OP_DELETE = 1 } rv_op_t;
+
+typedef struct rv_vector_record {
+  char *id;              /* NUL-terminated UTF-8, owned */
+  size_t id_len;         /* bytes, without the NUL */
+  rv_op_t op;
+  float *vector;         /* owned; NULL when the record has none */
+  int dim;               /* floats in vector; 0 when none */
+  char *metadata;        /* JSON text, owned; NULL when none */
+  int has_event_time;    /* 1 if event_time_ms is set */
+  int64_t event_time_ms; /* milliseconds since the epoch */
+} rv_vector_record_t;
+
+typedef struct rv_change {
+  char *id;              /* owned */
+  rv_op_t op;
+  int32_t src_partition; /* version: where ingest read the source record */
+  int64_t src_offset;
+  float *vector;         /* owned; NULL for deletes */
+  int dim;
+  uint8_t *sq8_code;     /* owned; NULL when ingest stored no SQ8 code */
+  int sq8_len;
+  int32_t sq8_version;   /* quantizer version the code was made with */
+  char *attributes;      /* metadata JSON text, owned; may be NULL */
+  int has_event_time;
+  int64_t event_time_ms;
+  int64_t created_at_ms; /* partition key the row is pinned to */
+  char *traceparent;     /* W3C traceparent of the source, owned; may be NULL */
+} rv_change_t;
+
+void rv_vector_record_init(rv_vector_record_t *r);
+/* Frees what the record owns and re-initialises it. */
+void rv_vector_record_close(rv_vector_record_t *r);
+void rv_change_init(rv_change_t *c);
+void rv_change_close(rv_change_t *c);
+
+/* An encoder/decoder for both records. Not thread-safe: one per thread. */
+typedef struct rv_codec rv_codec_t;
+
+/* Returns NULL with errstr set if the embedded schemas fail to load. */
+rv_codec_t *rv_codec_new(char *errstr, size_t errstr_size);
+void rv_codec_destroy(rv_codec_t *c);
+
+/* Appends the Avro binary encoding of r (no framing) to out.
+ * Returns RV_ERR_INVALID if r cannot be encoded (e.g. id NULL); out is then unchanged. */
+rv_err_t rv_codec_encode_vector(rv_codec_t *c, const rv_vector_record_t *r, rv_buf_t *out,
+                                char *errstr, size_t errstr_size);
+
+/* Decodes one plain Avro vector record that must span exactly len bytes.
+ * On success out owns fresh copies (call rv_vector_record_close on it); on
+ * failure (RV_ERR_CORRUPT: truncated, trailing bytes, bad union or enum) out is
+ * left initialised and empty. */
+rv_err_t rv_codec_decode_vector(rv_codec_t *c, const void *data, size_t len, rv_vector_record_t *out,
+                                char *errstr, size_t errstr_size);
+
+rv_err_t rv_codec_encode_change(rv_codec_t *c, const rv_change_t *ch, rv_buf_t *out, char *errstr,
+                                size_t errstr_size);
+rv_err_t rv_codec_decode_change(rv_codec_t *c, const void *data, size_t len, rv_change_t *out,
+                                char *errstr, size_t errstr_size);
+
+/* Confluent wire format: byte 0 = 0, then a 4-byte big-endian schema id, then Avro. */
+#define RV_CONFLUENT_HEADER 5
+/* Appends the 5-byte header to out. */
+rv_err_t rv_confluent_put_header(rv_buf_t *out, uint32_t schema_id);
+/* Returns 1 and sets *schema_id and *payload_off if data starts with a Confluent
+ * header, 0 otherwise. A plain Avro vector record never starts with 0x00 (its id
+ * is a non-empty string), so the two framings can be told apart. */
+int rv_confluent_parse(const void *data, size_t len, uint32_t *schema_id, size_t *payload_off);
+
+#endif

@@ -1,0 +1,70 @@
+#ifndef RV_TOPOLOGY_H
+#define RV_TOPOLOGY_H
+/* Pipeline topologies: YAML files under pipelines/ that describe collections,
+ * topics, PostgreSQL, Redis, index parameters, regions, serve address and cache.
+ * Scalars may use ${VAR} and ${VAR:-default} (environment variables).
+ * See pipelines/README.md for every key. */
+#include <stddef.h>
+
+#include "rv_collection.h"
+#include "rv_err.h"
+
+#define RV_MAX_COLLECTIONS 16
+#define RV_MAX_REGIONS 8
+
+typedef struct rv_topology {
+  char name[RV_NAME_MAX];           /* pipeline name */
+  char data_dir[1024];              /* where embedded servers keep data; default var/<name> */
+  char brokers[1024];               /* "embedded" or a bootstrap list */
+  int kafka_partitions;             /* default partitions per topic, default 3 */
+  char postgres[1024];              /* "embedded" or a libpq connection string */
+  int pgbouncer;                    /* postgres.mode: direct (0) or pgbouncer (1) */
+  char redis[512];                  /* "embedded", "none", "unix:/path" or "host:port" */
+  rv_collection_conf_t collections[RV_MAX_COLLECTIONS];
+  int n_collections;
+  int batch_rows;                   /* ingest.batch_rows, default 5000 */
+  int batch_ms;                     /* ingest.batch_ms, default 50 */
+  int max_metadata_bytes;           /* ingest.max_metadata_bytes, default 65536 */
+  int hnsw_m;                       /* index.m, default 16 */
+  int hnsw_ef_construction;         /* index.ef_construction, default 100 */
+  int hnsw_ef_search;               /* index.ef_search, default 64 */
+  char regions[RV_MAX_REGIONS][RV_NAME_MAX]; /* default one region, "local" */
+  int n_regions;
+  char serve_host[256];             /* serve.listen host, default 127.0.0.1 */
+  int serve_port;                   /* serve.listen port, default 8080; 0 = ephemeral */
+  int serve_workers;                /* serve.workers, default 2 */
+  int cache_l1_entries;             /* cache.l1_entries, default 10000 */
+  int cache_l2_ttl_s;               /* cache.l2_ttl_s, default 300 */
+  char endpoints_file[1024];        /* default var/endpoints.json */
+} rv_topology_t;
+
+/* One problem found in a topology file. */
+typedef struct rv_diag {
+  char file[512];
+  int line;    /* 1-based */
+  int column;  /* 1-based */
+  char message[256];
+} rv_diag_t;
+
+typedef struct rv_diags {
+  rv_diag_t *items; /* owned */
+  int n;
+  int cap;
+} rv_diags_t;
+
+void rv_diags_init(rv_diags_t *d);
+void rv_diags_close(rv_diags_t *d);
+/* Formats each as "file:line:column: message\n" to the stream. */
+void rv_diags_print(const rv_diags_t *d, void *FILE_stream);
+
+/* Parses, interpolates and validates the file at path. Every problem found
+ * (not just the first) is appended to diags. Returns RV_OK and fills *out
+ * (defaults applied) when there are none; RV_ERR_CONFIG otherwise, with *out
+ * unspecified. RV_ERR_IO (and one diag at line 0) if the file cannot be read. */
+rv_err_t rv_topology_load(const char *path, rv_topology_t *out, rv_diags_t *diags);
+
+/* The same from a string already in memory; `name` is used in diags. */
+rv_err_t rv_topology_parse(const char *name, const char *text, size_t len, rv_topology_t *out,
+                           rv_diags_t *diags);
+
+#endif

@@ -1,0 +1,42 @@
+#ifndef RV_SERVE_H
+#define RV_SERVE_H
+/* The serving stage: one libwebsockets context on one port carrying the
+ * WebSocket protocol rv.v1 (schemas/protocol.md) and HTTP endpoints
+ * (/health, /api/stats). Searches run on a worker pool; results are cached
+ * in an L1 LRU and, when configured, an L2 Redis. */
+#include <stddef.h>
+
+#include "rv_err.h"
+#include "rv_replica.h"
+
+typedef struct rv_serve rv_serve_t;
+
+typedef struct rv_serve_collection {
+  char name[RV_NAME_MAX];
+  rv_replica_t **replicas;      /* one per region, borrowed: must outlive the server */
+  char (*regions)[RV_NAME_MAX]; /* region name of each replica, borrowed */
+  int n_replicas;
+} rv_serve_collection_t;
+
+typedef struct rv_serve_conf {
+  char host[256];                          /* listen address, e.g. 127.0.0.1 */
+  int port;                                /* 0: an ephemeral port (see rv_serve_port) */
+  const rv_serve_collection_t *collections; /* borrowed for the server's lifetime */
+  int n_collections;
+  char redis[512];                         /* "" for L1 only; "unix:/path" or "host:port" */
+  int l1_entries;                          /* default 10000; 0 disables L1 */
+  int l2_ttl_s;                            /* default 300 */
+  int workers;                             /* search threads, default 2 */
+} rv_serve_conf_t;
+
+rv_serve_t *rv_serve_new(const rv_serve_conf_t *conf, char *errstr, size_t errstr_size);
+
+/* Binds and starts the service thread and workers. After success
+ * rv_serve_port gives the bound port. */
+rv_err_t rv_serve_start(rv_serve_t *s, char *errstr, size_t errstr_size);
+int rv_serve_port(const rv_serve_t *s);
+
+/* Closes connections, joins threads, frees. NULL is a no-op. */
+void rv_serve_destroy(rv_serve_t *s);
+
+#endif
