@@ -30,7 +30,7 @@ typedef struct rv_topology {
   int hnsw_ef_search;               /* index.ef_search, default 64 */
   char regions[RV_MAX_REGIONS][RV_NAME_MAX]; /* default one region, "local" */
   int n_regions;
-  char serve_host[256];             /* serve.listen host, default 127.0.0.1 */
+  char serve_host[256];             /* serve.listen host, default 127.0.0.1; IPv6 without brackets */
   int serve_port;                   /* serve.listen port, default 8080; 0 = ephemeral */
   int serve_workers;                /* serve.workers, default 2 */
   int cache_l1_entries;             /* cache.l1_entries, default 10000 */
@@ -54,13 +54,16 @@ typedef struct rv_diags {
 
 void rv_diags_init(rv_diags_t *d);
 void rv_diags_close(rv_diags_t *d);
-/* Formats each as "file:line:column: message\n" to the stream. */
+/* Formats each as "file:line:column: message\n" to the stream ("file: message\n"
+ * for a diag at line 0, about the file as a whole). */
 void rv_diags_print(const rv_diags_t *d, void *FILE_stream);
 
 /* Parses, interpolates and validates the file at path. Every problem found
  * (not just the first) is appended to diags. Returns RV_OK and fills *out
  * (defaults applied) when there are none; RV_ERR_CONFIG otherwise, with *out
- * unspecified. RV_ERR_IO (and one diag at line 0) if the file cannot be read. */
+ * unspecified. RV_ERR_IO (and one diag at line 0) if the file cannot be read;
+ * RV_ERR_NOMEM if memory ran out. Reads the environment for ${VAR} (getenv), so
+ * no other thread may call setenv meanwhile. */
 rv_err_t rv_topology_load(const char *path, rv_topology_t *out, rv_diags_t *diags);
 
 /* The same from a string already in memory; `name` is used in diags. */
