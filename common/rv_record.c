@@ -170,13 +170,73 @@ rv_err_t rv_codec_encode_change(rv_codec_t *c, const rv_change_t *ch, rv_buf_t *
 
 /* ---- decoding helpers ---- */
 
-static int read_value(rv_codec_t *c, avro_value_t *v, const void *data, size_t len) {
+/* Avro-C allocates whatever a length prefix asks for before it finds the input
+ * too short, so a hostile record could make it allocate gigabytes. This walk
+ * checks the encoding against the schema first: every length and count must
+ * fit in the bytes that remain, every union branch and enum index must exist.
+ * Returns the bytes consumed, or -1. */
+static int read_varint(const uint8_t *p, size_t len, size_t *pos, int64_t *out) {
+  uint64_t v = 0;
+  for (int shift = 0; shift < 64; shift += 7) {
+    if (*pos >= len) return -1;
+    uint8_t b = p[(*pos)++];
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) {
+      *out = (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static int prescan(avro_schema_t s, const uint8_t *p, size_t len, size_t *pos, int depth) {
+  int64_t n;
+  if (depth > 32) return -1;
+  switch (avro_typeof(s)) {
+  case AVRO_NULL: return 0;
+  case AVRO_BOOLEAN: return *pos < len ? (int)(++*pos, 0) : -1;
+  case AVRO_INT32:
+  case AVRO_INT64: return read_varint(p, len, pos, &n);
+  case AVRO_FLOAT: return len - *pos >= 4 ? (*pos += 4, 0) : -1;
+  case AVRO_DOUBLE: return len - *pos >= 8 ? (*pos += 8, 0) : -1;
+  case AVRO_STRING:
+  case AVRO_BYTES:
+    if (read_varint(p, len, pos, &n) || n < 0 || (uint64_t)n > len - *pos) return -1;
+    *pos += (size_t)n;
+    return 0;
+  case AVRO_ENUM:
+    return read_varint(p, len, pos, &n) || n < 0 || n >= avro_schema_enum_number_of_symbols(s) ? -1 : 0;
+  case AVRO_RECORD:
+    for (size_t i = 0; i < avro_schema_record_size(s); i++)
+      if (prescan(avro_schema_record_field_get_by_index(s, (int)i), p, len, pos, depth + 1)) return -1;
+    return 0;
+  case AVRO_UNION:
+    if (read_varint(p, len, pos, &n) || n < 0 || (size_t)n >= avro_schema_union_size(s)) return -1;
+    return prescan(avro_schema_union_branch(s, (int)n), p, len, pos, depth + 1);
+  case AVRO_ARRAY:
+    for (;;) {
+      if (read_varint(p, len, pos, &n)) return -1;
+      if (n == 0) return 0;
+      if (n < 0) { /* a negative count is followed by the block's size in bytes */
+        int64_t bytes;
+        if (read_varint(p, len, pos, &bytes) || bytes < 0) return -1;
+        n = -n;
+      }
+      if ((uint64_t)n > len - *pos) return -1; /* every item takes at least one byte here */
+      for (int64_t i = 0; i < n; i++)
+        if (prescan(avro_schema_array_items(s), p, len, pos, depth + 1)) return -1;
+    }
+  default: return -1; /* types our schemas do not use */
+  }
+}
+
+static int read_value(rv_codec_t *c, avro_schema_t schema, avro_value_t *v, const void *data, size_t len) {
+  size_t pos = 0;
+  if (prescan(schema, data, len, &pos, 0)) return -3;
+  if (pos != len) return -2;
   avro_value_reset(v);
   avro_reader_memory_set_source(c->reader, (const char *)data, (int64_t)len);
-  if (avro_value_read(c->reader, v)) return -1;
-  /* avro_reader_is_eof only turns true after a failed read, so probe one byte. */
-  char extra;
-  return avro_read(c->reader, &extra, 1) != 0 ? 0 : -2;
+  return avro_value_read(c->reader, v) ? -1 : 0;
 }
 
 static int get_string(avro_value_t *f, char **out, size_t *out_len) {
@@ -233,7 +293,8 @@ rv_err_t rv_codec_decode_vector(rv_codec_t *c, const void *data, size_t len, rv_
                                 char *errstr, size_t errstr_size) {
   rv_vector_record_init(out);
   avro_value_t *v = &c->vec_value, f;
-  int rc = read_value(c, v, data, len);
+  int rc = read_value(c, c->vec_schema, v, data, len);
+  if (rc == -3) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: truncated or malformed record");
   if (rc == -1) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: %s", avro_strerror());
   if (rc == -2) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: trailing bytes after record");
   int op = 0;
@@ -255,7 +316,8 @@ rv_err_t rv_codec_decode_change(rv_codec_t *c, const void *data, size_t len, rv_
                                 char *errstr, size_t errstr_size) {
   rv_change_init(out);
   avro_value_t *v = &c->chg_value, f, g, b;
-  int rc = read_value(c, v, data, len);
+  int rc = read_value(c, c->chg_schema, v, data, len);
+  if (rc == -3) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: truncated or malformed change");
   if (rc == -1) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: %s", avro_strerror());
   if (rc == -2) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: trailing bytes after change");
   int op = 0;

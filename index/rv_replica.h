@@ -25,6 +25,7 @@ typedef struct rv_replica_stats {
   uint64_t applied;    /* changes applied (including ignored duplicates) */
   uint64_t generation; /* bumped on every change that altered the index; a cache key part */
   int64_t lag;         /* changelog records known to exist but not yet applied, -1 unknown */
+  uint64_t skipped;    /* changelog records the applier could not decode or apply (logged) */
 } rv_replica_stats_t;
 
 /* Copies conf. Returns NULL with errstr set on bad conf or no memory. */

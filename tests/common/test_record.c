@@ -156,6 +156,35 @@ static void test_confluent_framing(void **state) {
   rv_buf_close(&b);
 }
 
+/* Length prefixes larger than the input must be refused before anything is
+ * allocated for them; random bytes must never crash the decoder. */
+static void test_hostile_lengths(void **state) {
+  rv_codec_t *c = *state;
+  rv_vector_record_t out;
+  rv_change_t ch;
+  /* id claims 2^40 bytes */
+  const uint8_t huge_id[] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 'a'};
+  assert_int_equal(rv_codec_decode_vector(c, huge_id, sizeof huge_id, &out, errstr, sizeof errstr),
+                   RV_ERR_CORRUPT);
+  /* array claims 2^30 floats */
+  const uint8_t huge_array[] = {0x02, 'a', 0x00, 0x02, 0x80, 0x80, 0x80, 0x80, 0x08, 0, 0, 0, 0};
+  assert_int_equal(rv_codec_decode_vector(c, huge_array, sizeof huge_array, &out, errstr, sizeof errstr),
+                   RV_ERR_CORRUPT);
+  /* an endless varint */
+  uint8_t endless[32];
+  memset(endless, 0xff, sizeof endless);
+  assert_int_equal(rv_codec_decode_vector(c, endless, sizeof endless, &out, errstr, sizeof errstr),
+                   RV_ERR_CORRUPT);
+  srand(12345);
+  uint8_t buf[96];
+  for (int i = 0; i < 20000; i++) {
+    size_t n = (size_t)(rand() % (int)sizeof buf);
+    for (size_t j = 0; j < n; j++) buf[j] = (uint8_t)rand();
+    if (rv_codec_decode_vector(c, buf, n, &out, errstr, sizeof errstr) == RV_OK) rv_vector_record_close(&out);
+    if (rv_codec_decode_change(c, buf, n, &ch, errstr, sizeof errstr) == RV_OK) rv_change_close(&ch);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_vector_round_trip),
@@ -163,6 +192,7 @@ int main(void) {
       cmocka_unit_test(test_vector_rejects_malformed),
       cmocka_unit_test(test_change_round_trip),
       cmocka_unit_test(test_confluent_framing),
+      cmocka_unit_test(test_hostile_lengths),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
