@@ -24,19 +24,31 @@ typedef struct rv_serve_conf {
   const rv_serve_collection_t *collections; /* borrowed for the server's lifetime */
   int n_collections;
   char redis[512];                         /* "" for L1 only; "unix:/path" or "host:port" */
-  int l1_entries;                          /* default 10000; 0 disables L1 */
-  int l2_ttl_s;                            /* default 300 */
-  int workers;                             /* search threads, default 2 */
+  int l1_entries;                          /* default 10000; 0 disables L1; < 0: the default */
+  int l2_ttl_s;                            /* default 300 (also when <= 0) */
+  int workers;                             /* search threads, default 2 (also when <= 0) */
 } rv_serve_conf_t;
 
+/* Fills conf with the defaults: host 127.0.0.1, port 8080, no collections, no
+ * Redis, l1_entries 10000, l2_ttl_s 300, workers 2. A zeroed conf, by contrast,
+ * has the L1 cache disabled (l1_entries 0). */
+void rv_serve_conf_init(rv_serve_conf_t *conf);
+
+/* Validates and copies conf (the collections it points to stay borrowed):
+ * at least one collection, each with at least one replica, unique names, a
+ * well-formed redis address. Binds nothing yet. Returns NULL with errstr set
+ * on a bad conf or no memory. */
 rv_serve_t *rv_serve_new(const rv_serve_conf_t *conf, char *errstr, size_t errstr_size);
 
 /* Binds and starts the service thread and workers. After success
- * rv_serve_port gives the bound port. */
+ * rv_serve_port gives the bound port. Call once: RV_ERR_STATE otherwise;
+ * RV_ERR_IO if the address cannot be bound. On failure nothing is left
+ * running and the only valid call is rv_serve_destroy. */
 rv_err_t rv_serve_start(rv_serve_t *s, char *errstr, size_t errstr_size);
-int rv_serve_port(const rv_serve_t *s);
+int rv_serve_port(const rv_serve_t *s); /* 0 before a successful start */
 
-/* Closes connections, joins threads, frees. NULL is a no-op. */
+/* Stops the service thread and the workers (queued searches are dropped),
+ * closes connections, frees. NULL is a no-op. Not from a server callback. */
 void rv_serve_destroy(rv_serve_t *s);
 
 #endif

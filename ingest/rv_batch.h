@@ -1,0 +1,61 @@
+#ifndef RV_BATCH_H
+#define RV_BATCH_H
+/* One ingest batch in memory: the latest accepted record per id (in first-seen
+ * order), how many source messages it covers, and per source partition the
+ * offset range it consumed. Owned and used by the ingest thread only. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rv_err.h"
+#include "rv_record.h"
+
+typedef struct rv_batch_row {
+  rv_vector_record_t rec; /* validated record, owned */
+  int32_t partition;      /* where the record was read */
+  int64_t offset;
+  int64_t pin_ms;         /* created_at if the id is new: event_time, else the message timestamp */
+  int64_t created_at_ms;  /* the partition key the id is pinned to; set by the PostgreSQL writer */
+  char *traceparent;      /* W3C traceparent header of the source message, owned; may be NULL */
+} rv_batch_row_t;
+
+typedef struct rv_batch_pos {
+  int32_t partition;
+  int64_t expected_next; /* next_offset stored in rv_offsets when the batch began (-1: no row) */
+  int64_t next_offset;   /* last consumed offset + 1 */
+} rv_batch_pos_t;
+
+typedef struct rv_batch {
+  rv_batch_row_t *rows; /* one per distinct id; a later record of an id replaces the earlier */
+  size_t n_rows, cap_rows;
+  rv_batch_pos_t *pos; /* one per source partition touched */
+  size_t n_pos, cap_pos;
+  uint64_t n_messages; /* source messages covered (accepted + rejected + superseded) */
+  uint64_t n_accepted; /* accepted records, superseded ones included */
+  uint64_t n_rejected; /* records sent to the DLQ */
+  int64_t opened_ms;   /* monotonic time of the first message; 0 when empty */
+  int32_t *slots;      /* open-addressing index id -> row, -1 empty; cap_slots is a power of 2 */
+  size_t cap_slots;
+} rv_batch_t;
+
+void rv_batch_init(rv_batch_t *b);
+/* Frees everything the batch owns. */
+void rv_batch_close(rv_batch_t *b);
+/* Empties the batch, keeping its allocations. */
+void rv_batch_clear(rv_batch_t *b);
+
+/* Adds an accepted record read at (partition, offset). Takes ownership of the
+ * contents of *rec (re-initialised) and of traceparent, even on failure. If the
+ * batch already holds the id, the newer record replaces it in place but keeps
+ * the earlier pin_ms (an id is pinned by its first sight). Returns
+ * RV_ERR_NOMEM with the batch unchanged otherwise. */
+rv_err_t rv_batch_add(rv_batch_t *b, rv_vector_record_t *rec, int32_t partition, int64_t offset, int64_t pin_ms,
+                      char *traceparent);
+
+/* Records that (partition, offset) was consumed; expected_next is the stored
+ * next offset of the partition, used when the partition is new to the batch. */
+rv_err_t rv_batch_consumed(rv_batch_t *b, int32_t partition, int64_t offset, int64_t expected_next);
+
+/* The row holding id, or NULL. */
+rv_batch_row_t *rv_batch_find(rv_batch_t *b, const char *id, size_t id_len);
+
+#endif

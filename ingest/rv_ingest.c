@@ -1,0 +1,547 @@
+/* The ingest stage: one consumer thread per collection.
+ *
+ * Order of effects for a batch (the invariant: source offsets are committed
+ * only after everything the batch caused is durable):
+ *   1. bad records were queued to the DLQ as they were read: confirm them;
+ *   2. PostgreSQL transaction: rows + pins + next offsets (not yet committed);
+ *   3. publish the batch's changes to the changelog and confirm them;
+ *   4. COMMIT; then an async Kafka offset commit (informational: lag tools).
+ * A crash anywhere before 4 re-reads the batch from the stored offsets and
+ * repeats 1-3 (duplicates are harmless: every change carries its version). */
+#include "rv_ingest.h"
+
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rv_batch.h"
+#include "rv_changelog.h"
+#include "rv_decode.h"
+#include "rv_dlq.h"
+#include "rv_log.h"
+#include "rv_pgschema.h"
+#include "rv_pgutil.h"
+#include "rv_pgwriter.h"
+#include "rv_producer.h"
+#include "rv_record.h"
+#include "rv_time.h"
+#include "rv_validate.h"
+
+#define LOG "ingest"
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define CONFIRM_TIMEOUT_MS 10000
+#define STOP_GRACE_MS 10000   /* how long stop keeps retrying a failing batch before leaving it unread */
+#define PROGRESS_EVERY_MS 5000
+
+typedef struct assigned {
+  int32_t partition;
+  int64_t committed; /* next offset stored in rv_offsets; -1 when none */
+} assigned_t;
+
+struct rv_ingest {
+  rv_ingest_conf_t conf; /* copied, defaults applied */
+  char group[RV_NAME_MAX + 16];
+
+  pthread_mutex_t lock; /* guards started/joined (start and stop may race) */
+  pthread_t thread;
+  int started, joined;
+  atomic_int stop;
+
+  _Atomic uint64_t consumed, ingested, dead_lettered, batches, retries;
+
+  /* Owned by the consumer thread once started. */
+  rd_kafka_t *consumer;
+  rv_producer_t *dlq, *changelog;
+  rv_pgwriter_t *pg;
+  rv_codec_t *codec;
+  rv_batch_t batch;
+  rv_buf_t scratch;
+  assigned_t *assigned;
+  size_t n_assigned, cap_assigned;
+  int reseek; /* the batch was dropped: rewind the assignment to the stored offsets */
+  int64_t progress_at;
+  uint64_t progress_consumed, progress_ingested, progress_dead;
+};
+
+void rv_ingest_conf_defaults(rv_ingest_conf_t *conf) {
+  if (conf->batch_rows <= 0) conf->batch_rows = 5000;
+  if (conf->batch_ms <= 0) conf->batch_ms = 50;
+  if (conf->max_metadata_bytes <= 0) conf->max_metadata_bytes = 65536;
+  rv_collection_default_topics(&conf->collection);
+}
+
+rv_err_t rv_ingest_migrate(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
+  PGconn *c = PQconnectdb(conf->pg_conninfo);
+  if (!c || PQstatus(c) != CONNECTION_OK) {
+    const char *m = c ? PQerrorMessage(c) : "out of memory";
+    rv_err_t err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "connecting to PostgreSQL: %.*s",
+                           (int)strcspn(m, "\n"), m);
+    PQfinish(c);
+    return err;
+  }
+  rv_pg_quiet_notices(c);
+  rv_err_t err = rv_pgschema_migrate(c, conf->collection.name, rv_wall_ms(), errstr, errstr_size);
+  PQfinish(c);
+  if (!err) rv_info(LOG, "%s: schema ready", conf->collection.name);
+  return err;
+}
+
+/* ---- small helpers ---- */
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Sleeps ms, waking early when stop is requested. */
+static void nap(rv_ingest_t *in, int ms) {
+  for (int slept = 0; slept < ms && !atomic_load(&in->stop); slept += 50) sleep_ms(ms - slept < 50 ? ms - slept : 50);
+}
+
+static int next_backoff(int ms) { return ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : ms * 2; }
+
+static assigned_t *find_assigned(rv_ingest_t *in, int32_t partition) {
+  for (size_t i = 0; i < in->n_assigned; i++)
+    if (in->assigned[i].partition == partition) return &in->assigned[i];
+  return NULL;
+}
+
+static _Noreturn void fatal_nomem(const char *what) {
+  /* Nothing was committed, so the records are re-read after a restart. */
+  rv_error(LOG, "out of memory (%s); aborting", what);
+  abort();
+}
+
+/* Connects to PostgreSQL and reads the stored offsets of partitions[0..n),
+ * retrying with backoff. Returns 0, or -1 if stop was requested first. */
+static int read_offsets(rv_ingest_t *in, const int32_t *partitions, int64_t *next, size_t n) {
+  char e[512];
+  for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
+    rv_err_t err = rv_pgwriter_connect(in->pg, e, sizeof e);
+    if (!err) err = rv_pgwriter_read_offsets(in->pg, partitions, next, n, e, sizeof e);
+    if (!err) return 0;
+    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+    atomic_fetch_add(&in->retries, 1);
+    rv_warn(LOG, "%s: reading stored offsets: %s (retrying in %d ms)", in->conf.collection.name, e, backoff);
+    if (atomic_load(&in->stop)) return -1;
+    nap(in, backoff);
+  }
+}
+
+/* Sets the offset of every element of parts to the stored next offset (or
+ * the beginning) and records them as assigned. Returns 0, or -1 on stop. */
+static int load_offsets(rv_ingest_t *in, rd_kafka_topic_partition_list_t *parts) {
+  int n = parts->cnt;
+  int32_t *ids = calloc((size_t)n + 1, sizeof *ids);
+  int64_t *next = calloc((size_t)n + 1, sizeof *next);
+  if (!ids || !next) fatal_nomem("assignment");
+  for (int i = 0; i < n; i++) ids[i] = parts->elems[i].partition;
+  int rc = read_offsets(in, ids, next, (size_t)n);
+  for (int i = 0; rc == 0 && i < n; i++) {
+    parts->elems[i].offset = next[i] >= 0 ? next[i] : RD_KAFKA_OFFSET_BEGINNING;
+    assigned_t *a = find_assigned(in, ids[i]);
+    if (!a) {
+      if (in->n_assigned == in->cap_assigned) {
+        size_t cap = in->cap_assigned ? in->cap_assigned * 2 : 16;
+        assigned_t *arr = realloc(in->assigned, cap * sizeof *arr);
+        if (!arr) fatal_nomem("assignment");
+        in->assigned = arr;
+        in->cap_assigned = cap;
+      }
+      a = &in->assigned[in->n_assigned++];
+      a->partition = ids[i];
+    }
+    a->committed = next[i];
+    rv_info(LOG, "%s: partition %d starts at %s%lld", in->conf.collection.name, (int)ids[i],
+            next[i] >= 0 ? "" : "the beginning ", (long long)(next[i] >= 0 ? next[i] : 0));
+  }
+  free(ids);
+  free(next);
+  return rc;
+}
+
+static void drop_batch(rv_ingest_t *in, const char *why) {
+  if (!in->batch.n_messages) return;
+  rv_warn(LOG, "%s: dropping uncommitted batch of %llu message(s) (%s); they will be read again",
+          in->conf.collection.name, (unsigned long long)in->batch.n_messages, why);
+  rv_batch_clear(&in->batch);
+  in->reseek = 1;
+}
+
+/* ---- rebalancing (runs inside rd_kafka_consumer_poll/close, in the ingest thread) ---- */
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
+                         void *opaque) {
+  rv_ingest_t *in = opaque;
+  int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+  rd_kafka_error_t *kerr = NULL;
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    if (load_offsets(in, parts) != 0) {
+      rv_warn(LOG, "%s: stopping before the assignment could be taken", in->conf.collection.name);
+      if (!cooperative) rd_kafka_assign(rk, NULL);
+      return;
+    }
+    if (cooperative) kerr = rd_kafka_incremental_assign(rk, parts);
+    else rd_kafka_assign(rk, parts);
+  } else {
+    /* The batch's offsets were not committed; the next owner re-reads it. */
+    drop_batch(in, err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ? "partitions revoked" : "partitions lost");
+    for (int i = 0; i < parts->cnt; i++) {
+      assigned_t *a = find_assigned(in, parts->elems[i].partition);
+      if (a) *a = in->assigned[--in->n_assigned];
+    }
+    if (cooperative) kerr = rd_kafka_incremental_unassign(rk, parts);
+    else rd_kafka_assign(rk, NULL);
+    rv_info(LOG, "%s: %d partition(s) revoked", in->conf.collection.name, parts->cnt);
+  }
+  if (kerr) {
+    rv_error(LOG, "%s: rebalance: %s", in->conf.collection.name, rd_kafka_error_string(kerr));
+    rd_kafka_error_destroy(kerr);
+  }
+}
+
+/* After a dropped batch: seek every assigned partition back to its stored offset. */
+static void rewind_assignment(rv_ingest_t *in) {
+  in->reseek = 0;
+  if (!in->n_assigned) return;
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)in->n_assigned);
+  for (size_t i = 0; i < in->n_assigned; i++)
+    rd_kafka_topic_partition_list_add(parts, in->conf.collection.source_topic, in->assigned[i].partition);
+  if (load_offsets(in, parts) == 0) {
+    rd_kafka_error_t *kerr = rd_kafka_seek_partitions(in->consumer, parts, 5000);
+    if (kerr) {
+      rv_error(LOG, "%s: seek: %s", in->conf.collection.name, rd_kafka_error_string(kerr));
+      rd_kafka_error_destroy(kerr);
+      in->reseek = 1;
+    }
+  }
+  rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* ---- reading ---- */
+
+static char *header_string(rd_kafka_message_t *m, const char *name) {
+  rd_kafka_headers_t *h = NULL;
+  const void *v;
+  size_t len;
+  if (rd_kafka_message_headers(m, &h) || !h || rd_kafka_header_get_last(h, name, &v, &len) || !v || len > 256)
+    return NULL;
+  char *s = malloc(len + 1);
+  if (!s) fatal_nomem("header");
+  memcpy(s, v, len);
+  s[len] = 0;
+  return s;
+}
+
+static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
+  atomic_fetch_add(&in->consumed, 1);
+  const assigned_t *a = find_assigned(in, m->partition);
+  int64_t expected = a ? a->committed : -1;
+  int64_t now = rv_wall_ms();
+  rv_validate_rules_t rules = {in->conf.collection.dim, in->conf.max_metadata_bytes, now};
+  rv_vector_record_t rec;
+  char why[512];
+  rv_reject_t rj = rv_decode_message(in->codec, (uint32_t)in->conf.collection.schema_id, m->key, m->key_len,
+                                     m->payload, m->len, &rec, why, sizeof why);
+  if (!rj) rj = rv_validate_record(&rec, &rules, why, sizeof why);
+  char e[256];
+  if (rj) {
+    rv_vector_record_close(&rec);
+    rv_debug(LOG, "%s: %s [%d] @%lld rejected: %s: %s", in->conf.collection.name, in->conf.collection.source_topic,
+             (int)m->partition, (long long)m->offset, rv_reject_code(rj), why);
+    if (rv_dlq_send(in->dlq, in->conf.collection.dlq_topic, m, rj, why, e, sizeof e)) fatal_nomem("dlq");
+    in->batch.n_rejected++;
+  } else {
+    /* A new id is pinned to the month of its event time, else of the broker timestamp. */
+    int64_t pin = rec.has_event_time ? rec.event_time_ms : rd_kafka_message_timestamp(m, NULL);
+    if (pin < RV_EVENT_TIME_MIN_MS || pin > now + RV_EVENT_TIME_MAX_AHEAD_MS) pin = now;
+    if (rv_batch_add(&in->batch, &rec, m->partition, m->offset, pin, header_string(m, "traceparent")))
+      fatal_nomem("batch");
+  }
+  if (rv_batch_consumed(&in->batch, m->partition, m->offset, expected)) fatal_nomem("batch");
+}
+
+/* ---- writing a batch ---- */
+
+static void commit_kafka_offsets(rv_ingest_t *in) {
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)in->batch.n_pos);
+  for (size_t i = 0; i < in->batch.n_pos; i++)
+    rd_kafka_topic_partition_list_add(parts, in->conf.collection.source_topic, in->batch.pos[i].partition)->offset =
+        in->batch.pos[i].next_offset;
+  rd_kafka_commit(in->consumer, parts, 1); /* async; PostgreSQL holds the truth */
+  rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* One attempt. Returns RV_OK when the batch is committed (or known to have
+ * been), RV_ERR_STATE when it was fenced off, another error to retry. */
+static rv_err_t write_batch_once(rv_ingest_t *in, int *published, char *e, size_t es) {
+  rv_batch_t *b = &in->batch;
+  rv_err_t err = rv_producer_confirm(in->dlq, CONFIRM_TIMEOUT_MS, e, es);
+  if (err) return err;
+  rv_pgw_outcome_t outcome = RV_PGW_APPLIED;
+  if ((err = rv_pgwriter_connect(in->pg, e, es)) || (err = rv_pgwriter_prepare_partitions(in->pg, b, e, es)) ||
+      (err = rv_pgwriter_apply(in->pg, b, &outcome, e, es)))
+    goto pg_failed;
+  if (outcome == RV_PGW_ALREADY) {
+    rv_info(LOG, "%s: batch found committed by an earlier attempt", in->conf.collection.name);
+    return RV_OK; /* its changes were confirmed before that COMMIT */
+  }
+  /* Same batch, same pins: a retry would publish identical changes, so they are queued once. */
+  if (!*published) {
+    if ((err = rv_changelog_send(in->changelog, in->codec, in->conf.collection.changelog_topic, b, &in->scratch, e,
+                                 es))) {
+      rv_pgwriter_rollback(in->pg);
+      return err;
+    }
+    *published = 1;
+  }
+  if ((err = rv_producer_confirm(in->changelog, CONFIRM_TIMEOUT_MS, e, es))) {
+    rv_pgwriter_rollback(in->pg); /* do not hold row locks while Kafka is away */
+    return err;
+  }
+  if (!(err = rv_pgwriter_commit(in->pg, e, es))) return RV_OK;
+pg_failed:
+  if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg); /* reconnect on the next attempt */
+  return err;
+}
+
+static void write_batch(rv_ingest_t *in) {
+  rv_batch_t *b = &in->batch;
+  if (!b->n_messages) return;
+  char e[1024];
+  int published = 0;
+  int64_t stop_seen = 0;
+  for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
+    rv_err_t err = write_batch_once(in, &published, e, sizeof e);
+    if (!err) break;
+    if (err == RV_ERR_STATE) {
+      rv_warn(LOG, "%s: batch fenced off: %s", in->conf.collection.name, e);
+      drop_batch(in, "fenced");
+      return;
+    }
+    rv_pgwriter_rollback(in->pg);
+    atomic_fetch_add(&in->retries, 1);
+    rv_warn(LOG, "%s: writing batch of %llu message(s): %s: %s (retrying in %d ms)", in->conf.collection.name,
+            (unsigned long long)b->n_messages, rv_err_str(err), e, backoff);
+    if (atomic_load(&in->stop)) {
+      if (!stop_seen) stop_seen = rv_mono_ms();
+      if (rv_mono_ms() - stop_seen > STOP_GRACE_MS) {
+        drop_batch(in, "stopping while the batch cannot be written");
+        return;
+      }
+      sleep_ms(backoff < 500 ? backoff : 500); /* nap would not wait any more */
+    } else {
+      nap(in, backoff);
+    }
+  }
+  for (size_t i = 0; i < b->n_pos; i++) {
+    assigned_t *a = find_assigned(in, b->pos[i].partition);
+    if (a) a->committed = b->pos[i].next_offset;
+  }
+  atomic_fetch_add(&in->ingested, b->n_accepted);
+  atomic_fetch_add(&in->dead_lettered, b->n_rejected);
+  atomic_fetch_add(&in->batches, 1);
+  commit_kafka_offsets(in);
+  rv_batch_clear(b);
+}
+
+static void log_progress(rv_ingest_t *in, int64_t now) {
+  double secs = (double)(now - in->progress_at) / 1000.0;
+  if (secs < 0.001) secs = 0.001;
+  uint64_t c = atomic_load(&in->consumed), i = atomic_load(&in->ingested), d = atomic_load(&in->dead_lettered);
+  if (c != in->progress_consumed || i != in->progress_ingested || d != in->progress_dead)
+    rv_info(LOG, "%s: consumed %llu (%.0f/s) ingested %llu (%.0f/s) dlq %llu (%.0f/s) batches %llu retries %llu",
+            in->conf.collection.name, (unsigned long long)c, (double)(c - in->progress_consumed) / secs,
+            (unsigned long long)i, (double)(i - in->progress_ingested) / secs, (unsigned long long)d,
+            (double)(d - in->progress_dead) / secs, (unsigned long long)atomic_load(&in->batches),
+            (unsigned long long)atomic_load(&in->retries));
+  in->progress_at = now;
+  in->progress_consumed = c;
+  in->progress_ingested = i;
+  in->progress_dead = d;
+}
+
+static void *run(void *arg) {
+  rv_ingest_t *in = arg;
+  in->progress_at = rv_mono_ms();
+  while (!atomic_load(&in->stop)) {
+    int64_t now = rv_mono_ms();
+    int timeout = 100;
+    if (in->batch.n_messages) {
+      int64_t left = in->batch.opened_ms + in->conf.batch_ms - now;
+      timeout = left < 0 ? 0 : (int)left;
+    }
+    rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
+    if (m) {
+      if (!m->err) on_message(in, m);
+      else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        rv_warn(LOG, "%s: consumer: %s", in->conf.collection.name, rd_kafka_message_errstr(m));
+      rd_kafka_message_destroy(m);
+    }
+    now = rv_mono_ms();
+    if (in->batch.n_messages &&
+        ((int64_t)in->batch.n_messages >= in->conf.batch_rows || now - in->batch.opened_ms >= in->conf.batch_ms))
+      write_batch(in);
+    if (in->reseek) rewind_assignment(in);
+    if (now - in->progress_at >= PROGRESS_EVERY_MS) log_progress(in, now);
+  }
+  write_batch(in); /* the batch in progress */
+  rd_kafka_consumer_close(in->consumer); /* leaves the group; the revoke arrives with an empty batch */
+  log_progress(in, rv_mono_ms());
+  rv_info(LOG, "%s: stopped", in->conf.collection.name);
+  return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
+  rv_ingest_conf_t c = *conf;
+  rv_ingest_conf_defaults(&c);
+  if (rv_pgschema_check_name(c.collection.name, errstr, errstr_size)) return NULL;
+  if (c.collection.dim < 1 || c.collection.dim > 65536) {
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "collection dim %d is outside 1..65536", c.collection.dim);
+    return NULL;
+  }
+  if (!c.brokers[0]) {
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "no Kafka brokers configured");
+    return NULL;
+  }
+  rv_ingest_t *in = calloc(1, sizeof *in);
+  if (!in) {
+    rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    return NULL;
+  }
+  in->conf = c;
+  snprintf(in->group, sizeof in->group, "rv-ingest-%s", c.collection.name);
+  pthread_mutex_init(&in->lock, NULL);
+  rv_batch_init(&in->batch);
+  rv_buf_init(&in->scratch);
+  return in;
+}
+
+static rd_kafka_t *make_consumer(rv_ingest_t *in, char *errstr, size_t errstr_size) {
+  rd_kafka_conf_t *kc = rd_kafka_conf_new();
+  char e[512];
+  const char *kv[][2] = {
+      {"bootstrap.servers", in->conf.brokers},
+      {"group.id", in->group},
+      {"client.id", in->group},
+      {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},
+      {"auto.offset.reset", "earliest"},
+      {"enable.partition.eof", "false"},
+      /* A crashed ingest's partitions move on after 10 s rather than 45 s; heartbeats come
+       * from librdkafka's own thread, so a slow batch does not count against it. */
+      {"session.timeout.ms", "10000"},
+  };
+  for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
+    if (rd_kafka_conf_set(kc, kv[i][0], kv[i][1], e, sizeof e) != RD_KAFKA_CONF_OK) {
+      rd_kafka_conf_destroy(kc);
+      rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "consumer %s: %s", kv[i][0], e);
+      return NULL;
+    }
+  }
+  rd_kafka_conf_set_rebalance_cb(kc, on_rebalance);
+  rd_kafka_conf_set_opaque(kc, in);
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof e);
+  if (!rk) {
+    rd_kafka_conf_destroy(kc);
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "consumer: %s", e);
+    return NULL;
+  }
+  rd_kafka_poll_set_consumer(rk);
+  rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_topic_partition_list_add(topics, in->conf.collection.source_topic, RD_KAFKA_PARTITION_UA);
+  rd_kafka_resp_err_t kerr = rd_kafka_subscribe(rk, topics);
+  rd_kafka_topic_partition_list_destroy(topics);
+  if (kerr) {
+    rd_kafka_destroy(rk);
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "subscribe %s: %s", in->conf.collection.source_topic,
+            rd_kafka_err2str(kerr));
+    return NULL;
+  }
+  return rk;
+}
+
+/* Frees the thread-owned resources (after the thread ended, or if it never started). */
+static void release(rv_ingest_t *in) {
+  if (in->consumer) rd_kafka_destroy(in->consumer);
+  in->consumer = NULL;
+  rv_producer_destroy(in->dlq, 1000);
+  rv_producer_destroy(in->changelog, 1000);
+  in->dlq = in->changelog = NULL;
+  rv_pgwriter_destroy(in->pg);
+  in->pg = NULL;
+  rv_codec_destroy(in->codec);
+  in->codec = NULL;
+}
+
+rv_err_t rv_ingest_start(rv_ingest_t *in, char *errstr, size_t errstr_size) {
+  pthread_mutex_lock(&in->lock);
+  rv_err_t err = RV_OK;
+  if (in->started) {
+    err = rv_errf(RV_ERR_STATE, errstr, errstr_size, "ingest already started");
+    goto out;
+  }
+  char id[RV_NAME_MAX + 32];
+  const rv_collection_conf_t *col = &in->conf.collection;
+  if (!(in->codec = rv_codec_new(errstr, errstr_size)) ||
+      !(in->pg = rv_pgwriter_new(in->conf.pg_conninfo, in->conf.pgbouncer, col->name, in->group, col->source_topic,
+                                 errstr, errstr_size)) ||
+      (snprintf(id, sizeof id, "rv-ingest-%s-dlq", col->name),
+       !(in->dlq = rv_producer_new(in->conf.brokers, id, errstr, errstr_size))) ||
+      (snprintf(id, sizeof id, "rv-ingest-%s-changelog", col->name),
+       !(in->changelog = rv_producer_new(in->conf.brokers, id, errstr, errstr_size))) ||
+      !(in->consumer = make_consumer(in, errstr, errstr_size))) {
+    err = RV_ERR_CONFIG;
+    release(in);
+    goto out;
+  }
+  atomic_store(&in->stop, 0);
+  if (pthread_create(&in->thread, NULL, run, in)) {
+    err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "cannot create the ingest thread");
+    release(in);
+    goto out;
+  }
+  in->started = 1;
+  rv_info(LOG, "%s: consuming %s as %s (batch %d rows / %d ms)", col->name, col->source_topic, in->group,
+          in->conf.batch_rows, in->conf.batch_ms);
+out:
+  pthread_mutex_unlock(&in->lock);
+  return err;
+}
+
+void rv_ingest_stop(rv_ingest_t *in) {
+  pthread_mutex_lock(&in->lock);
+  if (in->started && !in->joined) {
+    atomic_store(&in->stop, 1);
+    pthread_join(in->thread, NULL);
+    in->joined = 1;
+    release(in);
+  }
+  pthread_mutex_unlock(&in->lock);
+}
+
+void rv_ingest_destroy(rv_ingest_t *in) {
+  if (!in) return;
+  rv_ingest_stop(in);
+  release(in);
+  rv_batch_close(&in->batch);
+  rv_buf_close(&in->scratch);
+  free(in->assigned);
+  pthread_mutex_destroy(&in->lock);
+  free(in);
+}
+
+void rv_ingest_stats(rv_ingest_t *in, rv_ingest_stats_t *out) {
+  out->consumed = atomic_load(&in->consumed);
+  out->ingested = atomic_load(&in->ingested);
+  out->dead_lettered = atomic_load(&in->dead_lettered);
+  out->batches = atomic_load(&in->batches);
+  out->retries = atomic_load(&in->retries);
+}

@@ -1,0 +1,453 @@
+#include "rv_pgwriter.h"
+
+#include <libpq-fe.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rv_buf.h"
+#include "rv_log.h"
+#include "rv_pgschema.h"
+#include "rv_pgutil.h"
+
+/* Microseconds between the Unix epoch and PostgreSQL's (2000-01-01). */
+#define PG_EPOCH_MS INT64_C(946684800000)
+#define COPY_CHUNK (1u << 20)
+
+enum { ST_LOCK, ST_READ, ST_PIN, ST_UPSERT, ST_OFFSETS, ST_COUNT };
+
+static const char *const stmt_names[ST_COUNT] = {"rv_lock_offsets", "rv_read_offsets", "rv_pin", "rv_upsert",
+                                                 "rv_write_offsets"};
+static const int stmt_nparams[ST_COUNT] = {3, 3, 0, 0, 4};
+
+struct rv_pgwriter {
+  char *conninfo;
+  int pgbouncer;
+  char table[RV_PGSCHEMA_NAME_MAX + 1];
+  char *group;
+  char *topic;
+  char app_name[96];
+  PGconn *conn;            /* NULL when disconnected */
+  char *sql[ST_COUNT];     /* statement texts, fixed at construction */
+  char *stage_sql;         /* CREATE TEMP TABLE for the staging table */
+  rv_month_t *months;      /* months known to have a partition (or known not to get one) */
+  size_t n_months;
+  rv_buf_t copy;           /* COPY BINARY payload of the current batch */
+  rv_buf_t text;           /* scratch for array literals */
+};
+
+static char *fmt_alloc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *fmt_alloc(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *s = n < 0 ? NULL : malloc((size_t)n + 1);
+  if (!s) return NULL;
+  va_start(ap, fmt);
+  vsnprintf(s, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  return s;
+}
+
+void rv_pgwriter_destroy(rv_pgwriter_t *w) {
+  if (!w) return;
+  rv_pgwriter_disconnect(w);
+  free(w->conninfo);
+  free(w->group);
+  free(w->topic);
+  for (int i = 0; i < ST_COUNT; i++) free(w->sql[i]);
+  free(w->stage_sql);
+  free(w->months);
+  rv_buf_close(&w->copy);
+  rv_buf_close(&w->text);
+  free(w);
+}
+
+rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *table, const char *consumer_group,
+                               const char *topic, char *errstr, size_t errstr_size) {
+  if (rv_pgschema_check_name(table, errstr, errstr_size)) return NULL;
+  rv_pgwriter_t *w = calloc(1, sizeof *w);
+  if (!w) goto nomem;
+  w->pgbouncer = pgbouncer;
+  snprintf(w->table, sizeof w->table, "%s", table);
+  snprintf(w->app_name, sizeof w->app_name, "rv-ingest-%s", table);
+  w->conninfo = strdup(conninfo);
+  w->group = strdup(consumer_group);
+  w->topic = strdup(topic);
+  const char *t = table;
+  w->sql[ST_LOCK] = fmt_alloc("SELECT partition, next_offset FROM rv_offsets WHERE consumer_group = $1 "
+                              "AND topic = $2 AND partition = ANY($3::int[]) FOR UPDATE");
+  w->sql[ST_READ] = fmt_alloc("SELECT partition, next_offset FROM rv_offsets WHERE consumer_group = $1 "
+                              "AND topic = $2 AND partition = ANY($3::int[])");
+  w->sql[ST_PIN] = fmt_alloc("INSERT INTO %s_ids (id, created_at) SELECT id, pin_at FROM pg_temp.rv_stage "
+                             "ON CONFLICT (id) DO NOTHING",
+                             t);
+  /* A DELETE keeps the stored vector, code and metadata; an UPSERT replaces
+   * them (the SQ8 code of the old vector is stale) and revives the row. */
+  w->sql[ST_UPSERT] = fmt_alloc(
+      "INSERT INTO %1$s AS t (id, created_at, vector, code, metadata, updated_at, deleted_at, src_partition, "
+      "src_offset) "
+      "SELECT s.id, i.created_at, s.vector, NULL, s.metadata, now(), CASE WHEN s.is_delete THEN now() END, "
+      "s.src_partition, s.src_offset FROM pg_temp.rv_stage s JOIN %1$s_ids i ON i.id = s.id "
+      "ON CONFLICT (id, created_at) DO UPDATE SET "
+      "vector = CASE WHEN excluded.deleted_at IS NULL THEN excluded.vector ELSE t.vector END, "
+      "code = CASE WHEN excluded.deleted_at IS NULL THEN excluded.code ELSE t.code END, "
+      "metadata = CASE WHEN excluded.deleted_at IS NULL THEN excluded.metadata ELSE t.metadata END, "
+      "updated_at = excluded.updated_at, deleted_at = excluded.deleted_at, "
+      "src_partition = excluded.src_partition, src_offset = excluded.src_offset "
+      "RETURNING id, (extract(epoch FROM created_at) * 1000)::bigint",
+      t);
+  w->sql[ST_OFFSETS] = fmt_alloc(
+      "INSERT INTO rv_offsets (consumer_group, topic, partition, next_offset, updated_at) "
+      "SELECT $1, $2, u.p, u.n, now() FROM unnest($3::int[], $4::bigint[]) AS u(p, n) "
+      "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+      "next_offset = excluded.next_offset, updated_at = excluded.updated_at");
+  /* Through PgBouncer a transaction may land on any server connection, so the
+   * staging table lives for one transaction there; on a direct connection it
+   * is made once and emptied by every commit. */
+  w->stage_sql = fmt_alloc("CREATE TEMP TABLE %s rv_stage (id text NOT NULL, is_delete bool NOT NULL, "
+                           "vector bytea, metadata jsonb, pin_at timestamptz NOT NULL, src_partition int NOT NULL, "
+                           "src_offset bigint NOT NULL) ON COMMIT %s",
+                           pgbouncer ? "" : "IF NOT EXISTS", pgbouncer ? "DROP" : "DELETE ROWS");
+  int ok = w->conninfo && w->group && w->topic && w->stage_sql;
+  for (int i = 0; i < ST_COUNT; i++) ok = ok && w->sql[i];
+  if (ok) return w;
+  rv_pgwriter_destroy(w);
+nomem:
+  rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  return NULL;
+}
+
+void rv_pgwriter_disconnect(rv_pgwriter_t *w) {
+  if (w->conn) PQfinish(w->conn);
+  w->conn = NULL;
+}
+
+rv_err_t rv_pgwriter_connect(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  if (w->conn && PQstatus(w->conn) == CONNECTION_OK) return RV_OK;
+  rv_pgwriter_disconnect(w);
+  const char *kw[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
+  const char *val[] = {w->conninfo, w->app_name, "UTF8", NULL};
+  w->conn = PQconnectdbParams(kw, val, 1);
+  rv_err_t err;
+  if (!w->conn || PQstatus(w->conn) != CONNECTION_OK) {
+    const char *m = w->conn ? PQerrorMessage(w->conn) : "out of memory";
+    err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "connecting to PostgreSQL: %.*s",
+                  (int)strcspn(m, "\n"), m);
+    goto fail;
+  }
+  rv_pg_quiet_notices(w->conn);
+  w->n_months = 0;
+  if ((err = rv_pgschema_list_months(w->conn, w->table, &w->months, &w->n_months, errstr, errstr_size))) goto fail;
+  if (!w->pgbouncer) {
+    if ((err = rv_pg_exec(w->conn, w->stage_sql, NULL, errstr, errstr_size))) goto fail;
+    for (int i = 0; i < ST_COUNT; i++) {
+      PGresult *r = PQprepare(w->conn, stmt_names[i], w->sql[i], stmt_nparams[i], NULL);
+      err = rv_pg_check(w->conn, r, stmt_names[i], errstr, errstr_size);
+      PQclear(r);
+      if (err) goto fail;
+    }
+  }
+  return RV_OK;
+fail:
+  rv_pgwriter_disconnect(w);
+  return err;
+}
+
+/* Runs statement st with text parameters. Never returns NULL-free garbage: the result may be NULL (check it). */
+static PGresult *run(rv_pgwriter_t *w, int st, const char *const *params, int result_format) {
+  if (w->pgbouncer)
+    return PQexecParams(w->conn, w->sql[st], stmt_nparams[st], NULL, params, NULL, NULL, result_format);
+  return PQexecPrepared(w->conn, stmt_names[st], stmt_nparams[st], params, NULL, NULL, result_format);
+}
+
+/* "{p0,p1,...}" from the batch positions (partition or next offset). */
+static rv_err_t int_array(rv_buf_t *out, const rv_batch_pos_t *pos, size_t n, int offsets) {
+  rv_buf_reset(out);
+  rv_err_t err = rv_buf_append(out, "{", 1);
+  for (size_t i = 0; i < n && !err; i++)
+    err = rv_buf_appendf(out, "%s%lld", i ? "," : "",
+                         offsets ? (long long)pos[i].next_offset : (long long)pos[i].partition);
+  if (!err) err = rv_buf_append(out, "}", 1);
+  return err;
+}
+
+static rv_err_t query_offsets(rv_pgwriter_t *w, int st, const char *parts_literal, PGresult **out, char *errstr,
+                              size_t errstr_size) {
+  const char *params[3] = {w->group, w->topic, parts_literal};
+  PGresult *r = run(w, st, params, 0);
+  rv_err_t err = rv_pg_check(w->conn, r, stmt_names[st], errstr, errstr_size);
+  if (err) PQclear(r);
+  else *out = r;
+  return err;
+}
+
+static int64_t stored_offset(const PGresult *r, int32_t partition) {
+  for (int i = 0; i < PQntuples(r); i++)
+    if (atoi(PQgetvalue(r, i, 0)) == partition) return strtoll(PQgetvalue(r, i, 1), NULL, 10);
+  return -1;
+}
+
+rv_err_t rv_pgwriter_read_offsets(rv_pgwriter_t *w, const int32_t *partitions, int64_t *next, size_t n,
+                                  char *errstr, size_t errstr_size) {
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  rv_buf_reset(&w->text);
+  rv_err_t err = rv_buf_append(&w->text, "{", 1);
+  for (size_t i = 0; i < n && !err; i++) err = rv_buf_appendf(&w->text, "%s%d", i ? "," : "", (int)partitions[i]);
+  if (!err) err = rv_buf_append(&w->text, "}", 1);
+  if (err) return rv_errf(err, errstr, errstr_size, "out of memory");
+  PGresult *r;
+  if ((err = query_offsets(w, ST_READ, (const char *)w->text.base, &r, errstr, errstr_size))) return err;
+  for (size_t i = 0; i < n; i++) next[i] = stored_offset(r, partitions[i]);
+  PQclear(r);
+  return RV_OK;
+}
+
+static int month_known(const rv_pgwriter_t *w, rv_month_t m) {
+  for (size_t i = 0; i < w->n_months; i++)
+    if (w->months[i] == m) return 1;
+  return 0;
+}
+
+/* Appends s as one element of a text[] literal: "..." with " and \ escaped. */
+static rv_err_t array_elem(rv_buf_t *b, const char *s, size_t len, int first) {
+  rv_err_t err = rv_buf_append(b, first ? "\"" : ",\"", first ? 1 : 2);
+  for (size_t i = 0; i < len && !err; i++) {
+    if (s[i] == '"' || s[i] == '\\') err = rv_buf_append(b, "\\", 1);
+    if (!err) err = rv_buf_append(b, &s[i], 1);
+  }
+  return err ? err : rv_buf_append(b, "\"", 1);
+}
+
+rv_err_t rv_pgwriter_prepare_partitions(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  /* Only rows whose month has no known partition matter, and of those only
+   * ids not pinned yet (a pinned id keeps its partition). */
+  rv_buf_reset(&w->text);
+  rv_err_t err = rv_buf_append(&w->text, "{", 1);
+  size_t n_unknown = 0;
+  for (size_t i = 0; i < b->n_rows && !err; i++) {
+    const rv_batch_row_t *row = &b->rows[i];
+    if (month_known(w, rv_month_of_ms(row->pin_ms))) continue;
+    err = array_elem(&w->text, row->rec.id, row->rec.id_len, n_unknown++ == 0);
+  }
+  if (!err) err = rv_buf_append(&w->text, "}", 1);
+  if (err) return rv_errf(err, errstr, errstr_size, "out of memory");
+  if (!n_unknown) return RV_OK;
+
+  char sql[200];
+  snprintf(sql, sizeof sql, "SELECT id FROM %s_ids WHERE id = ANY($1::text[])", w->table);
+  const char *params[1] = {(const char *)w->text.base};
+  PGresult *r = PQexecParams(w->conn, sql, 1, NULL, params, NULL, NULL, 0);
+  if ((err = rv_pg_check(w->conn, r, "pinned ids", errstr, errstr_size))) {
+    PQclear(r);
+    return err;
+  }
+  /* More than 64 new months in one batch: the rest wait for the next batch
+   * (their rows meanwhile land in the default partition). */
+  rv_month_t want[64];
+  size_t n_want = 0;
+  for (size_t i = 0; i < b->n_rows && n_want < 64; i++) {
+    const rv_batch_row_t *row = &b->rows[i];
+    rv_month_t m = rv_month_of_ms(row->pin_ms);
+    if (month_known(w, m)) continue;
+    int pinned = 0;
+    for (int k = 0; k < PQntuples(r) && !pinned; k++)
+      pinned = (size_t)PQgetlength(r, k, 0) == row->rec.id_len &&
+               !memcmp(PQgetvalue(r, k, 0), row->rec.id, row->rec.id_len);
+    int dup = 0;
+    for (size_t k = 0; k < n_want && !dup; k++) dup = want[k] == m;
+    if (!pinned && !dup) want[n_want++] = m;
+  }
+  PQclear(r);
+  if (!n_want) return RV_OK;
+  if ((err = rv_pgschema_create_months(w->conn, w->table, want, n_want, errstr, errstr_size))) return err;
+  /* Created, or known to be impossible (rows stay in the default partition): either way, done. */
+  rv_month_t *m = realloc(w->months, (w->n_months + n_want) * sizeof *m);
+  if (!m) return RV_OK; /* only the cache is lost; the months are retried next batch */
+  w->months = m;
+  for (size_t i = 0; i < n_want; i++) w->months[w->n_months++] = want[i];
+  rv_info("ingest", "%s: partitions ensured for %zu new month(s)", w->table, n_want);
+  return RV_OK;
+}
+
+/* ---- the batch transaction ---- */
+
+static rv_err_t put_field(rv_buf_t *b, const void *data, int32_t len) {
+  rv_err_t err = rv_buf_put_be32(b, (uint32_t)len);
+  return err || len <= 0 ? err : rv_buf_append(b, data, (size_t)len);
+}
+
+static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b) {
+  static const char sig[11] = "PGCOPY\n\377\r\n\0";
+  rv_buf_reset(out);
+  rv_err_t err = rv_buf_append(out, sig, sizeof sig);
+  if (!err) err = rv_buf_put_be32(out, 0); /* flags */
+  if (!err) err = rv_buf_put_be32(out, 0); /* header extension length */
+  for (size_t i = 0; i < b->n_rows && !err; i++) {
+    const rv_batch_row_t *row = &b->rows[i];
+    const rv_vector_record_t *rec = &row->rec;
+    uint8_t is_delete = rec->op == RV_OP_DELETE;
+    err = rv_buf_put_be16(out, 7);
+    if (!err) err = put_field(out, rec->id, (int32_t)rec->id_len);
+    if (!err) err = put_field(out, &is_delete, 1);
+    if (!err && (is_delete || !rec->vector)) err = rv_buf_put_be32(out, UINT32_MAX); /* NULL */
+    else if (!err) {
+      err = rv_buf_put_be32(out, (uint32_t)rec->dim * 4) || rv_buf_reserve(out, (size_t)rec->dim * 4);
+      for (int k = 0; k < rec->dim && !err; k++) { /* float32 little-endian, whatever the host */
+        uint32_t u;
+        memcpy(&u, &rec->vector[k], 4);
+        uint8_t le[4] = {(uint8_t)u, (uint8_t)(u >> 8), (uint8_t)(u >> 16), (uint8_t)(u >> 24)};
+        err = rv_buf_append(out, le, 4);
+      }
+    }
+    if (!err && !rec->metadata) err = rv_buf_put_be32(out, UINT32_MAX);
+    else if (!err) { /* jsonb binary: version 1, then the text */
+      size_t n = strlen(rec->metadata);
+      uint8_t version = 1;
+      err = rv_buf_put_be32(out, (uint32_t)n + 1) || rv_buf_append(out, &version, 1) ||
+            rv_buf_append(out, rec->metadata, n);
+    }
+    if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)((row->pin_ms - PG_EPOCH_MS) * 1000));
+    if (!err) err = rv_buf_put_be32(out, 4) || rv_buf_put_be32(out, (uint32_t)row->partition);
+    if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)row->offset);
+  }
+  if (!err) err = rv_buf_put_be16(out, UINT16_MAX); /* trailer: -1 */
+  return err ? RV_ERR_NOMEM : RV_OK;
+}
+
+static rv_err_t copy_rows(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
+  if (encode_copy(&w->copy, b)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  PGresult *r = PQexec(w->conn, "COPY pg_temp.rv_stage (id, is_delete, vector, metadata, pin_at, src_partition, "
+                                "src_offset) FROM STDIN (FORMAT binary)");
+  rv_err_t err = rv_pg_check(w->conn, r, "COPY", errstr, errstr_size);
+  PQclear(r);
+  if (err) return err;
+  int ok = 1;
+  for (size_t off = 0; off < w->copy.len && ok; off += COPY_CHUNK) {
+    size_t n = w->copy.len - off < COPY_CHUNK ? w->copy.len - off : COPY_CHUNK;
+    ok = PQputCopyData(w->conn, (const char *)w->copy.base + off, (int)n) == 1;
+  }
+  if (PQputCopyEnd(w->conn, ok ? NULL : "client failed to send COPY data") != 1) ok = 0;
+  err = RV_OK;
+  while ((r = PQgetResult(w->conn)) != NULL) {
+    if (!err) err = rv_pg_check(w->conn, r, "COPY data", errstr, errstr_size);
+    PQclear(r);
+  }
+  if (!err && !ok) err = rv_errf(rv_pg_classify(w->conn, NULL), errstr, errstr_size, "COPY: %s",
+                                 PQerrorMessage(w->conn));
+  return err;
+}
+
+static rv_err_t run_checked(rv_pgwriter_t *w, int st, const char *const *params, PGresult **out, char *errstr,
+                            size_t errstr_size) {
+  PGresult *r = run(w, st, params, 0);
+  rv_err_t err = rv_pg_check(w->conn, r, stmt_names[st], errstr, errstr_size);
+  if (err || !out) PQclear(r);
+  else *out = r;
+  return err;
+}
+
+/* Checks the stored offsets against the batch (under row locks). */
+static rv_err_t fence(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
+                      size_t errstr_size) {
+  if (int_array(&w->text, b->pos, b->n_pos, 0)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  PGresult *r;
+  rv_err_t err = query_offsets(w, ST_LOCK, (const char *)w->text.base, &r, errstr, errstr_size);
+  if (err) return err;
+  size_t at_start = 0, at_end = 0;
+  const rv_batch_pos_t *odd = NULL; /* first partition not at the batch's start */
+  int64_t odd_stored = 0;
+  for (size_t i = 0; i < b->n_pos; i++) {
+    int64_t stored = stored_offset(r, b->pos[i].partition);
+    if (stored == b->pos[i].expected_next) {
+      at_start++;
+      continue;
+    }
+    if (stored == b->pos[i].next_offset) at_end++;
+    if (!odd) odd = &b->pos[i], odd_stored = stored;
+  }
+  PQclear(r);
+  if (at_start == b->n_pos) return RV_OK;
+  if (at_end == b->n_pos) {
+    *outcome = RV_PGW_ALREADY;
+    return RV_OK;
+  }
+  return rv_errf(RV_ERR_STATE, errstr, errstr_size,
+                 "partition %d: stored next offset %lld, batch expected %lld (another consumer owns it now)",
+                 (int)odd->partition, (long long)odd_stored, (long long)odd->expected_next);
+}
+
+static rv_err_t upsert_rows(rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_t errstr_size) {
+  rv_err_t err = run_checked(w, ST_PIN, NULL, NULL, errstr, errstr_size);
+  if (err) return err;
+  PGresult *r;
+  if ((err = run_checked(w, ST_UPSERT, NULL, &r, errstr, errstr_size))) return err;
+  for (size_t i = 0; i < b->n_rows; i++) b->rows[i].created_at_ms = INT64_MIN;
+  for (int i = 0; i < PQntuples(r); i++) {
+    rv_batch_row_t *row = rv_batch_find(b, PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0));
+    if (row) row->created_at_ms = strtoll(PQgetvalue(r, i, 1), NULL, 10);
+  }
+  PQclear(r);
+  for (size_t i = 0; i < b->n_rows; i++)
+    if (b->rows[i].created_at_ms == INT64_MIN)
+      return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "upsert returned no row for id '%s'", b->rows[i].rec.id);
+  return RV_OK;
+}
+
+static rv_err_t write_offsets(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
+  rv_buf_t parts;
+  rv_buf_init(&parts);
+  rv_err_t err = int_array(&parts, b->pos, b->n_pos, 0);
+  if (!err) err = int_array(&w->text, b->pos, b->n_pos, 1);
+  if (err) {
+    rv_buf_close(&parts);
+    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  }
+  const char *params[4] = {w->group, w->topic, (const char *)parts.base, (const char *)w->text.base};
+  err = run_checked(w, ST_OFFSETS, params, NULL, errstr, errstr_size);
+  rv_buf_close(&parts);
+  return err;
+}
+
+rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
+                           size_t errstr_size) {
+  *outcome = RV_PGW_APPLIED;
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  if (!b->n_pos) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "empty batch");
+  rv_err_t err = rv_pg_exec(w->conn, "BEGIN", NULL, errstr, errstr_size);
+  if (!err && w->pgbouncer) err = rv_pg_exec(w->conn, w->stage_sql, NULL, errstr, errstr_size);
+  if (!err) err = fence(w, b, outcome, errstr, errstr_size);
+  if (!err && *outcome == RV_PGW_ALREADY) {
+    rv_pgwriter_rollback(w);
+    return RV_OK;
+  }
+  if (!err && b->n_rows) {
+    err = copy_rows(w, b, errstr, errstr_size);
+    if (!err) err = upsert_rows(w, b, errstr, errstr_size);
+  }
+  if (!err) err = write_offsets(w, b, errstr, errstr_size);
+  if (err) rv_pgwriter_rollback(w);
+  return err;
+}
+
+rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  PGresult *r = PQexec(w->conn, "COMMIT");
+  rv_err_t err = rv_pg_check(w->conn, r, "COMMIT", errstr, errstr_size);
+  /* COMMIT of a failed transaction "succeeds" as ROLLBACK. */
+  if (!err && strcmp(PQcmdStatus(r), "COMMIT"))
+    err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "COMMIT rolled back (%s)", PQcmdStatus(r));
+  PQclear(r);
+  return err;
+}
+
+void rv_pgwriter_rollback(rv_pgwriter_t *w) {
+  if (!w->conn || PQtransactionStatus(w->conn) == PQTRANS_IDLE) return;
+  PGresult *r = PQexec(w->conn, "ROLLBACK");
+  if (PQresultStatus(r) != PGRES_COMMAND_OK) rv_pgwriter_disconnect(w);
+  PQclear(r);
+}

@@ -1,0 +1,70 @@
+#ifndef RV_PGWRITER_H
+#define RV_PGWRITER_H
+/* Writes ingest batches to PostgreSQL, together with the consumed offsets,
+ * in one transaction per batch:
+ *
+ *   BEGIN
+ *   lock the batch's rv_offsets rows and compare them with what the batch
+ *     expects (fencing: a consumer that lost its partitions cannot commit)
+ *   COPY (FORMAT binary) the rows into a temporary staging table
+ *   pin new ids in <c>_ids; upsert the rows into <c> (ON CONFLICT (id, created_at))
+ *   upsert rv_offsets (next offset per partition)
+ *   ... the caller publishes the changelog ...
+ *   COMMIT
+ *
+ * Named prepared statements on direct connections, unnamed ones only in
+ * pgbouncer mode (PgBouncer's transaction pooling cannot keep prepared
+ * statements or temporary tables across transactions).
+ * Thread: one writer is used by one thread at a time. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rv_batch.h"
+#include "rv_err.h"
+
+typedef struct rv_pgwriter rv_pgwriter_t;
+
+/* Copies its arguments; connects to nothing yet. table must pass
+ * rv_pgschema_check_name. NULL with errstr set on failure. */
+rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *table, const char *consumer_group,
+                               const char *topic, char *errstr, size_t errstr_size);
+/* Closes the connection (rolling back an open transaction) and frees. NULL is a no-op. */
+void rv_pgwriter_destroy(rv_pgwriter_t *w);
+
+/* Connects if not connected: sets up the session (staging table, prepared
+ * statements) and loads the known partitions. RV_ERR_UNAVAILABLE when the
+ * server cannot be reached, RV_ERR_NOT_FOUND when the collection is not migrated. */
+rv_err_t rv_pgwriter_connect(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
+/* Drops the connection (after a connection-level error). */
+void rv_pgwriter_disconnect(rv_pgwriter_t *w);
+
+/* Reads the stored next offsets of partitions[0..n): next[i] = -1 when none. */
+rv_err_t rv_pgwriter_read_offsets(rv_pgwriter_t *w, const int32_t *partitions, int64_t *next, size_t n,
+                                  char *errstr, size_t errstr_size);
+
+/* Creates the monthly partitions the batch's new ids may need and that are
+ * not known yet, in a short transaction of its own (so the batch transaction
+ * never takes the parent's ACCESS EXCLUSIVE lock). */
+rv_err_t rv_pgwriter_prepare_partitions(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size);
+
+typedef enum {
+  RV_PGW_APPLIED = 0,  /* transaction open with the batch applied: publish, then commit or roll back */
+  RV_PGW_ALREADY = 1,  /* the stored offsets already equal the batch's end: it was committed before
+                          (e.g. a COMMIT whose reply was lost); no transaction is open */
+} rv_pgw_outcome_t;
+
+/* Runs the batch transaction up to (not including) COMMIT and sets every
+ * row's created_at_ms. On RV_ERR_STATE the stored offsets match neither the
+ * batch's start nor its end: another consumer owns the partitions now; the
+ * transaction is rolled back. On other errors it is rolled back too (classify
+ * with rv_err_is_retriable; RV_ERR_UNAVAILABLE means reconnect). */
+rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
+                           size_t errstr_size);
+/* Commits the transaction apply left open. On failure the outcome is unknown
+ * when the error is RV_ERR_UNAVAILABLE (apply of the same batch tells: it
+ * reports RV_PGW_ALREADY if the commit went through). */
+rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
+/* Rolls back the transaction apply left open, if any. */
+void rv_pgwriter_rollback(rv_pgwriter_t *w);
+
+#endif
