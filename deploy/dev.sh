@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Local development entry point; the README's two quick-start commands.
+#
+#   deploy/dev.sh demo    install what is missing, build, run pipelines/demo.yaml (embedded
+#                         Kafka, PostgreSQL and Redis) and load the Fashion-MNIST training set
+#   deploy/dev.sh test    install what is missing, build, run the whole test suite (ctest)
+#   deploy/dev.sh deps    only install the Debian packages
+#   deploy/dev.sh build   only configure and build (into build/)
+#
+# Environment: RV_CMAKE_FLAGS adds CMake flags (CI sets -DRV_WERROR=ON);
+# RV_CTEST_ARGS adds ctest arguments (e.g. "-L unit").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEPS=(build-essential cmake pkg-config
+      librdkafka-dev libavro-dev libpq-dev libhiredis-dev libwebsockets-dev libxxhash-dev
+      libjansson-dev libyaml-dev libcmocka-dev zlib1g-dev
+      postgresql-15 postgresql-client-15 redis-server kcat dataset-fashion-mnist
+      python3 python3-numpy python3-websocket)
+
+deps() {
+  local missing=()
+  for p in "${DEPS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "deploy/dev.sh: installing Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+build() {
+  # shellcheck disable=SC2086
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo ${RV_CMAKE_FLAGS:-} >/dev/null
+  cmake --build build -j"$(nproc)"
+}
+
+case "${1:-}" in
+  demo)
+    deps
+    build
+    exec ./build/ruvector pipeline run pipelines/demo.yaml \
+      --load /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ;;
+  test)
+    deps
+    build
+    cd build
+    # shellcheck disable=SC2086
+    exec ctest --output-on-failure --timeout 900 -j2 ${RV_CTEST_ARGS:-} ;;
+  deps) deps ;;
+  build) deps; build ;;
+  *)
+    sed -n '2,13p' "$0"
+    exit 64 ;;
+esac

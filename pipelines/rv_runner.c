@@ -1,0 +1,347 @@
+#include "rv_runner.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rv_broker.h"
+#include "rv_embedded.h"
+#include "rv_ingest.h"
+#include "rv_log.h"
+#include "rv_produce.h"
+#include "rv_replica.h"
+#include "rv_serve.h"
+#include "rv_time.h"
+
+#define LOG "pipeline"
+
+/* Everything a running pipeline holds; torn down in reverse order of start. */
+typedef struct runner {
+  const rv_topology_t *topo;
+  rv_broker_t *broker;
+  rv_pg_server_t *pg;
+  rv_redis_server_t *redis;
+  char bootstrap[1024];
+  char pg_conninfo[1024];
+  char redis_addr[512];
+  rv_ingest_t *ingest[RV_MAX_COLLECTIONS];
+  rv_replica_t *replicas[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];
+  rv_serve_collection_t serve_cols[RV_MAX_COLLECTIONS];
+  rv_serve_t *serve;
+  char ws_url[320];
+  char http_url[320];
+  /* loader */
+  pthread_t loader;
+  int loader_started;
+  volatile int loader_stop;
+  rv_produce_opts_t load_opts;
+  rv_produce_result_t load_result;
+  rv_err_t load_err;
+  char load_errstr[512];
+  volatile int loader_done;
+} runner_t;
+
+static int mkdir_p(const char *path) {
+  char tmp[PATH_MAX];
+  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) return -1;
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = 0;
+    if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
+    *p = '/';
+  }
+  return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+int rv_endpoints_write(const char *path, const char *json_text, char *errstr, size_t errstr_size) {
+  char dir[PATH_MAX], tmp[PATH_MAX + 16];
+  snprintf(dir, sizeof dir, "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash && slash != dir) {
+    *slash = 0;
+    if (mkdir_p(dir)) return rv_errf(RV_ERR_IO, errstr, errstr_size, "cannot create %s: %s", dir, strerror(errno));
+  }
+  snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
+  FILE *f = fopen(tmp, "w");
+  if (!f) return rv_errf(RV_ERR_IO, errstr, errstr_size, "cannot write %s: %s", tmp, strerror(errno));
+  int bad = fputs(json_text, f) < 0 || fputc('\n', f) == EOF;
+  bad = fclose(f) != 0 || bad;
+  if (bad || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return rv_errf(RV_ERR_IO, errstr, errstr_size, "cannot write %s: %s", path, strerror(errno));
+  }
+  return RV_OK;
+}
+
+static char *endpoints_json(const runner_t *r) {
+  const rv_topology_t *t = r->topo;
+  json_t *cols = json_object();
+  for (int i = 0; i < t->n_collections; i++) {
+    const rv_collection_conf_t *c = &t->collections[i];
+    json_object_set_new(cols, c->name,
+                        json_pack("{s:s, s:s, s:s, s:i, s:s, s:i, s:i}", "source_topic", c->source_topic,
+                                  "changelog_topic", c->changelog_topic, "dlq_topic", c->dlq_topic, "dim", c->dim,
+                                  "metric", rv_metric_name(c->metric), "partitions", c->partitions, "schema_id",
+                                  c->schema_id));
+  }
+  json_t *regions = json_array();
+  for (int i = 0; i < t->n_regions; i++) json_array_append_new(regions, json_string(t->regions[i]));
+  json_t *doc = json_pack("{s:s, s:i, s:{s:s, s:b}, s:o, s:o, s:s, s:s, s:s, s:s?}", "pipeline", t->name, "pid",
+                          (int)getpid(), "kafka", "bootstrap", r->bootstrap, "embedded",
+                          !strcmp(t->brokers, "embedded"), "collections", cols, "regions", regions, "ws", r->ws_url,
+                          "http", r->http_url, "postgres", r->pg_conninfo, "redis",
+                          r->redis_addr[0] ? r->redis_addr : NULL);
+  char *text = doc ? json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+  json_decref(doc);
+  return text;
+}
+
+static void *loader_main(void *arg) {
+  runner_t *r = arg;
+  r->load_err = rv_produce_run(&r->load_opts, &r->loader_stop, &r->load_result, r->load_errstr,
+                               sizeof r->load_errstr);
+  r->loader_done = 1;
+  return NULL;
+}
+
+static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
+  const rv_topology_t *t = r->topo;
+  char err[1024];
+
+  if (mkdir_p(t->data_dir)) {
+    rv_error(LOG, "cannot create data_dir %s: %s", t->data_dir, strerror(errno));
+    return -1;
+  }
+  /* Kafka */
+  if (!strcmp(t->brokers, "embedded")) {
+    r->broker = rv_broker_new(3, err, sizeof err);
+    if (!r->broker) {
+      rv_error(LOG, "embedded Kafka: %s", err);
+      return -1;
+    }
+    for (int i = 0; i < t->n_collections; i++) {
+      const rv_collection_conf_t *c = &t->collections[i];
+      const char *topics[3] = {c->source_topic, c->changelog_topic, c->dlq_topic};
+      for (int k = 0; k < 3; k++) {
+        if (rv_broker_create_topic(r->broker, topics[k], c->partitions, err, sizeof err)) {
+          rv_error(LOG, "embedded Kafka: topic %s: %s", topics[k], err);
+          return -1;
+        }
+      }
+    }
+    snprintf(r->bootstrap, sizeof r->bootstrap, "%s", rv_broker_bootstraps(r->broker));
+    rv_info(LOG, "embedded Kafka (3 brokers): %s", r->bootstrap);
+  } else {
+    snprintf(r->bootstrap, sizeof r->bootstrap, "%s", t->brokers);
+  }
+  /* PostgreSQL */
+  if (!strcmp(t->postgres, "embedded")) {
+    r->pg = rv_pg_server_start(t->data_dir, err, sizeof err);
+    if (!r->pg) {
+      rv_error(LOG, "embedded PostgreSQL: %s", err);
+      return -1;
+    }
+    snprintf(r->pg_conninfo, sizeof r->pg_conninfo, "%s", rv_pg_server_conninfo(r->pg));
+  } else {
+    snprintf(r->pg_conninfo, sizeof r->pg_conninfo, "%s", t->postgres);
+  }
+  /* Redis */
+  if (!strcmp(t->redis, "embedded")) {
+    r->redis = rv_redis_server_start(t->data_dir, err, sizeof err);
+    if (!r->redis) {
+      rv_error(LOG, "embedded Redis: %s", err);
+      return -1;
+    }
+    snprintf(r->redis_addr, sizeof r->redis_addr, "%s", rv_redis_server_address(r->redis));
+  } else if (strcmp(t->redis, "none") != 0) {
+    snprintf(r->redis_addr, sizeof r->redis_addr, "%s", t->redis);
+  }
+  /* Replicas first, so that serve can answer as soon as it listens. */
+  for (int i = 0; i < t->n_collections; i++) {
+    for (int g = 0; g < t->n_regions; g++) {
+      rv_replica_conf_t rc;
+      memset(&rc, 0, sizeof rc);
+      snprintf(rc.brokers, sizeof rc.brokers, "%s", r->bootstrap);
+      snprintf(rc.region, sizeof rc.region, "%s", t->regions[g]);
+      rc.collection = t->collections[i];
+      rc.ef_search = t->hnsw_ef_search;
+      r->replicas[i][g] = rv_replica_new(&rc, err, sizeof err);
+      if (!r->replicas[i][g] || rv_replica_start(r->replicas[i][g], err, sizeof err)) {
+        rv_error(LOG, "replica %s/%s: %s", t->collections[i].name, t->regions[g], err);
+        return -1;
+      }
+    }
+  }
+  /* Ingest */
+  for (int i = 0; i < t->n_collections; i++) {
+    rv_ingest_conf_t ic;
+    memset(&ic, 0, sizeof ic);
+    snprintf(ic.brokers, sizeof ic.brokers, "%s", r->bootstrap);
+    snprintf(ic.pg_conninfo, sizeof ic.pg_conninfo, "%s", r->pg_conninfo);
+    ic.pgbouncer = t->pgbouncer;
+    ic.collection = t->collections[i];
+    ic.batch_rows = t->batch_rows;
+    ic.batch_ms = t->batch_ms;
+    ic.max_metadata_bytes = t->max_metadata_bytes;
+    rv_ingest_conf_defaults(&ic);
+    if (rv_ingest_migrate(&ic, err, sizeof err)) {
+      rv_error(LOG, "ingest %s: migrate: %s", ic.collection.name, err);
+      return -1;
+    }
+    r->ingest[i] = rv_ingest_new(&ic, err, sizeof err);
+    if (!r->ingest[i] || rv_ingest_start(r->ingest[i], err, sizeof err)) {
+      rv_error(LOG, "ingest %s: %s", ic.collection.name, err);
+      return -1;
+    }
+  }
+  /* Serve */
+  rv_serve_conf_t sc;
+  rv_serve_conf_init(&sc);
+  snprintf(sc.host, sizeof sc.host, "%s", t->serve_host);
+  sc.port = t->serve_port;
+  for (int i = 0; i < t->n_collections; i++) {
+    rv_serve_collection_t *col = &r->serve_cols[i];
+    snprintf(col->name, sizeof col->name, "%s", t->collections[i].name);
+    col->replicas = r->replicas[i];
+    col->regions = (char(*)[RV_NAME_MAX])t->regions;
+    col->n_replicas = t->n_regions;
+  }
+  sc.collections = r->serve_cols;
+  sc.n_collections = t->n_collections;
+  snprintf(sc.redis, sizeof sc.redis, "%s", r->redis_addr);
+  sc.l1_entries = t->cache_l1_entries;
+  sc.l2_ttl_s = t->cache_l2_ttl_s;
+  sc.workers = t->serve_workers;
+  r->serve = rv_serve_new(&sc, err, sizeof err);
+  if (!r->serve || rv_serve_start(r->serve, err, sizeof err)) {
+    rv_error(LOG, "serve %s:%d: %s", t->serve_host, t->serve_port, err);
+    return -1;
+  }
+  int port = rv_serve_port(r->serve);
+  const char *host = t->serve_host;
+  int v6 = strchr(host, ':') != NULL;
+  snprintf(r->ws_url, sizeof r->ws_url, "ws://%s%s%s:%d/", v6 ? "[" : "", host, v6 ? "]" : "", port);
+  snprintf(r->http_url, sizeof r->http_url, "http://%s%s%s:%d/", v6 ? "[" : "", host, v6 ? "]" : "", port);
+
+  char *doc = endpoints_json(r);
+  if (!doc || rv_endpoints_write(t->endpoints_file, doc, err, sizeof err)) {
+    rv_error(LOG, "endpoints: %s", doc ? err : "out of memory");
+    free(doc);
+    return -1;
+  }
+  free(doc);
+  printf("RuVector Stream pipeline '%s' is running\n", t->name);
+  printf("  kafka bootstrap: %s\n", r->bootstrap);
+  for (int i = 0; i < t->n_collections; i++)
+    printf("  collection %s: publish to topic %s (dim %d, %s)\n", t->collections[i].name,
+           t->collections[i].source_topic, t->collections[i].dim, rv_metric_name(t->collections[i].metric));
+  printf("  postgres: %s\n", r->pg_conninfo);
+  printf("  redis: %s\n", r->redis_addr[0] ? r->redis_addr : "none (L1 cache only)");
+  printf("  serving search at %s (subprotocol rv.v1), HTTP at %s\n", r->ws_url, r->http_url);
+  printf("  endpoints written to %s\n", t->endpoints_file);
+  fflush(stdout);
+
+  if (opts->load_path) {
+    rv_produce_opts_init(&r->load_opts);
+    r->load_opts.brokers = r->bootstrap;
+    r->load_opts.topic = t->collections[0].source_topic;
+    r->load_opts.input = opts->load_path;
+    r->load_opts.count = opts->load_count > 0 ? opts->load_count : -1;
+    if (pthread_create(&r->loader, NULL, loader_main, r)) {
+      rv_error(LOG, "cannot start the loader thread");
+      return -1;
+    }
+    r->loader_started = 1;
+    printf("loading %s into collection %s ...\n", opts->load_path, t->collections[0].name);
+    fflush(stdout);
+  }
+  return 0;
+}
+
+static void stop_stages(runner_t *r) {
+  const rv_topology_t *t = r->topo;
+  if (r->loader_started) {
+    r->loader_stop = 2; /* stop reading and do not wait on the flush: the broker may be going too */
+    pthread_join(r->loader, NULL);
+  }
+  rv_serve_destroy(r->serve);
+  for (int i = 0; i < t->n_collections; i++) rv_ingest_destroy(r->ingest[i]);
+  for (int i = 0; i < t->n_collections; i++)
+    for (int g = 0; g < t->n_regions; g++) rv_replica_destroy(r->replicas[i][g]);
+  rv_redis_server_stop(r->redis);
+  rv_pg_server_stop(r->pg);
+  if (r->broker) rv_broker_destroy(r->broker);
+  if (r->serve) unlink(t->endpoints_file); /* a stopped pipeline has no endpoints */
+}
+
+static void print_progress(runner_t *r, int64_t started_ms) {
+  const rv_topology_t *t = r->topo;
+  double secs = (double)(rv_mono_ms() - started_ms) / 1000.0;
+  for (int i = 0; i < t->n_collections; i++) {
+    rv_ingest_stats_t is;
+    rv_ingest_stats(r->ingest[i], &is);
+    rv_replica_stats_t rs;
+    rv_replica_stats(r->replicas[i][0], &rs);
+    char load[160] = "";
+    if (i == 0 && r->loader_started)
+      snprintf(load, sizeof load, "published %llu%s, ", (unsigned long long)r->load_result.delivered,
+               r->loader_done ? " (done)" : "");
+    printf("[%6.1fs] %s: %singested %llu, dead-lettered %llu, searchable %llu (region %s, lag %lld)\n", secs,
+           t->collections[i].name, load, (unsigned long long)is.ingested, (unsigned long long)is.dead_lettered,
+           (unsigned long long)rs.count, t->regions[0], (long long)rs.lag);
+  }
+  fflush(stdout);
+}
+
+int rv_pipeline_run(const rv_topology_t *topo, const rv_run_opts_t *opts) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, NULL); /* inherited by every thread started below */
+  signal(SIGPIPE, SIG_IGN);
+
+  runner_t *r = calloc(1, sizeof *r);
+  if (!r) return 1;
+  r->topo = topo;
+  int rc = 0;
+  if (start_stages(r, opts) != 0) {
+    rc = 1;
+  } else {
+    int period = opts->progress_ms > 0 ? opts->progress_ms : 2000;
+    int64_t started = rv_mono_ms(), last = started;
+    int load_reported = 0;
+    for (;;) {
+      struct timespec ts = {0, 200 * 1000000};
+      int sig = sigtimedwait(&set, NULL, &ts);
+      if (sig == SIGINT || sig == SIGTERM) {
+        rv_info(LOG, "%s received: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        break;
+      }
+      if (r->loader_done && !load_reported) {
+        load_reported = 1;
+        if (r->load_err)
+          rv_error(LOG, "loading %s failed: %s", opts->load_path, r->load_errstr);
+        else
+          printf("published %llu records from %s (%llu failed)\n",
+                 (unsigned long long)r->load_result.delivered, opts->load_path,
+                 (unsigned long long)r->load_result.failed);
+      }
+      if (rv_mono_ms() - last >= period) {
+        last = rv_mono_ms();
+        print_progress(r, started);
+      }
+    }
+  }
+  stop_stages(r);
+  free(r);
+  return rc;
+}

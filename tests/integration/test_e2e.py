@@ -1,0 +1,108 @@
+"""End to end: 2,000 Fashion-MNIST vectors go through a broker process, ingest,
+PostgreSQL, the changelog and a replica; 20 test images are searched over
+WebSocket from this separate process and the hits must be the exact
+neighbours computed here; then 100 vectors are deleted and must vanish from
+results and be soft-deleted in PostgreSQL."""
+import json
+import os
+
+from harness import (FASHION, WsClient, check, collection_count, exact_knn, http_json, load_idx_images,
+                     load_idx_labels, log, main, psql, read_endpoints, same_neighbours, wait_for)
+
+N = 2000
+Q = 20
+K = 10
+PREFIX = "fm-"
+
+
+def run(env):
+    topo = os.path.join(env.source_dir, "tests", "integration", "e2e.yaml")
+    bootstrap_file = env.path("bootstrap")
+    broker = env.start([env.ruvector, "broker", "--collection", "fashion:3", "--bootstrap-file", bootstrap_file],
+                       "broker")
+    bootstrap = wait_for("broker bootstrap file", lambda: open(bootstrap_file).read().strip(), 30)
+    log(f"bootstrap {bootstrap}")
+
+    endpoints_file = env.path("endpoints.json")
+    pipe_env = {"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"), "RV_ENDPOINTS": endpoints_file}
+    pipeline = env.start([env.ruvector, "pipeline", "run", topo], "pipeline", env=pipe_env)
+    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90)
+    check(ep["kafka"]["bootstrap"] == bootstrap, f"endpoints bootstrap {ep['kafka']['bootstrap']} != {bootstrap}")
+    check(ep["collections"]["fashion"]["source_topic"] == "fashion.vectors", "source topic in endpoints")
+    check(ep["ws"].startswith("ws://127.0.0.1:"), f"ws url {ep['ws']}")
+    check(http_json(ep["http"] + "health")["status"] == "ok", "/health")
+
+    train = os.path.join(FASHION, "train-images-idx3-ubyte.gz")
+    r = env.run([env.ruvector, "produce", "--endpoints", endpoints_file, "--collection", "fashion", "--input", train,
+                 "--count", str(N), "--id-prefix", PREFIX], "produce")
+    check(r.returncode == 0, f"produce exited {r.returncode}")
+
+    wait_for(f"{N} searchable vectors", lambda: collection_count(ep["http"], "fashion") == N, 180, 0.25)
+    log("all vectors searchable")
+
+    base = load_idx_images(train, N)
+    labels = load_idx_labels(os.path.join(FASHION, "train-labels-idx1-ubyte.gz"), N)
+    ids = [f"{PREFIX}{i}" for i in range(N)]
+    queries = load_idx_images(os.path.join(FASHION, "t10k-images-idx3-ubyte.gz"), Q)
+
+    ws = WsClient(ep["ws"])
+
+    def check_searches(live):
+        live_ids = [ids[i] for i in live]
+        want = exact_knn(base[live], live_ids, queries, K)
+        index_of = {s: i for i, s in enumerate(ids)}
+        for qi, q in enumerate(queries):
+            reply = ws.search("fashion", q, k=K)
+            check(reply.get("type") == "results", f"query {qi}: {reply}")
+            got = [h["id"] for h in reply["hits"]]
+
+            def dist(i):
+                return float(((base[index_of[i]] - q) ** 2).sum())
+            check(same_neighbours(got, want[qi][0], want[qi][1], dist),
+                  f"query {qi}: got {got}, exact {want[qi][0]}")
+            for h in reply["hits"]:  # metadata travels with the vector
+                check(h["metadata"]["label"] == int(labels[index_of[h["id"]]]), f"label of {h['id']}: {h}")
+        return want
+
+    want = check_searches(list(range(N)))
+    log(f"{Q} searches match the exact neighbours")
+
+    # Delete 100 ids, most of them current top hits so their absence shows.
+    doomed = []
+    for got, _ in want:
+        for i in got:
+            if i not in doomed and len(doomed) < 100:
+                doomed.append(i)
+    i = 0
+    while len(doomed) < 100:
+        if ids[i] not in doomed:
+            doomed.append(ids[i])
+        i += 1
+    deletes = env.path("deletes.jsonl")
+    with open(deletes, "w") as f:
+        for d in doomed:
+            f.write(json.dumps({"id": d, "op": "DELETE"}) + "\n")
+    r = env.run([env.ruvector, "produce", "--endpoints", endpoints_file, "--collection", "fashion", "--input",
+                 deletes, "--format", "jsonl"], "produce-deletes")
+    check(r.returncode == 0, f"produce --delete exited {r.returncode}")
+    wait_for(f"{N - 100} searchable vectors", lambda: collection_count(ep["http"], "fashion") == N - 100, 120, 0.25)
+
+    doomed_set = set(doomed)
+    live = [i for i in range(N) if ids[i] not in doomed_set]
+    check_searches(live)
+    log("after deletes: results exact and no deleted id returned")
+
+    pg = ep["postgres"]
+    deleted = psql(pg, "SELECT id FROM fashion WHERE deleted_at IS NOT NULL ORDER BY id").split()
+    check(sorted(deleted) == sorted(doomed), f"soft-deleted rows: {len(deleted)} (want 100 specific ids)")
+    check(psql(pg, "SELECT count(*) FROM fashion WHERE deleted_at IS NULL") == str(N - 100), "live rows")
+    check(psql(pg, "SELECT count(*) - count(DISTINCT id) FROM fashion") == "0", "duplicate rows")
+    ws.close()
+
+    check(env.stop(pipeline) == 0, "pipeline exit code after SIGTERM")
+    check(not os.path.exists(endpoints_file), "endpoints file removed on clean stop")
+    check(env.stop(broker) == 0, "broker exit code after SIGTERM")
+
+
+if __name__ == "__main__":
+    main(run)
