@@ -75,19 +75,41 @@ void rv_ingest_conf_defaults(rv_ingest_conf_t *conf) {
   rv_collection_default_topics(&conf->collection);
 }
 
-rv_err_t rv_ingest_migrate(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
+static PGconn *connect_pg(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
   PGconn *c = PQconnectdb(conf->pg_conninfo);
   if (!c || PQstatus(c) != CONNECTION_OK) {
     const char *m = c ? PQerrorMessage(c) : "out of memory";
-    rv_err_t err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "connecting to PostgreSQL: %.*s",
-                           (int)strcspn(m, "\n"), m);
+    rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "connecting to PostgreSQL: %.*s", (int)strcspn(m, "\n"), m);
     PQfinish(c);
-    return err;
+    return NULL;
   }
   rv_pg_quiet_notices(c);
+  return c;
+}
+
+rv_err_t rv_ingest_migrate(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
+  PGconn *c = connect_pg(conf, errstr, errstr_size);
+  if (!c) return RV_ERR_UNAVAILABLE;
   rv_err_t err = rv_pgschema_migrate(c, conf->collection.name, rv_wall_ms(), errstr, errstr_size);
   PQfinish(c);
   if (!err) rv_info(LOG, "%s: schema ready", conf->collection.name);
+  return err;
+}
+
+rv_err_t rv_ingest_forget_offsets(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
+  PGconn *c = connect_pg(conf, errstr, errstr_size);
+  if (!c) return RV_ERR_UNAVAILABLE;
+  char group[RV_NAME_MAX + 16];
+  snprintf(group, sizeof group, "rv-ingest-%s", conf->collection.name);
+  const char *params[2] = {group, conf->collection.source_topic};
+  PGresult *r = PQexecParams(c, "DELETE FROM rv_offsets WHERE consumer_group = $1 AND topic = $2", 2, NULL, params,
+                             NULL, NULL, 0);
+  rv_err_t err = rv_pg_check(c, r, "forgetting stored offsets", errstr, errstr_size);
+  if (!err && atoi(PQcmdTuples(r)) > 0)
+    rv_info(LOG, "%s: forgot the stored offsets of %s (its log started over)", conf->collection.name,
+            conf->collection.source_topic);
+  PQclear(r);
+  PQfinish(c);
   return err;
 }
 

@@ -38,6 +38,14 @@ void rv_ingest_conf_defaults(rv_ingest_conf_t *conf);
  * several processes). Connects with conf->pg_conninfo. */
 rv_err_t rv_ingest_migrate(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size);
 
+/* Deletes the stored source offsets of conf's collection, for a source topic
+ * whose log started over: the embedded broker (librdkafka's mock cluster)
+ * keeps nothing across runs, so offsets stored by an earlier run point past
+ * the new log's end. Call before rv_ingest_start; never against a durable
+ * Kafka, where it would make ingest re-read the topic from the beginning
+ * (harmless, since writes are idempotent, but slow). */
+rv_err_t rv_ingest_forget_offsets(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size);
+
 /* Copies conf. Connects to nothing yet. */
 rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size);
 

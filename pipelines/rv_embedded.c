@@ -66,6 +66,12 @@ static pid_t spawn(char *const argv[], const char *log_path, const run_as_t *as,
   pid_t pid = fork();
   if (pid != 0) return pid;
   setpgid(0, 0);
+  /* A blocked or ignored signal survives exec: the runner blocks SIGTERM and
+   * ignores SIGPIPE, and redis-server would then never see our SIGTERM. */
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+  signal(SIGPIPE, SIG_DFL);
   int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (fd < 0 || null < 0) _exit(127);

@@ -92,6 +92,14 @@ static void redis_cmd(const char *addr, const char *cmd, char *buf, size_t size)
 static void test_redis_persists_across_restarts(void **state) {
   (void)state;
   char err[1024], reply[256];
+  /* As in the pipeline runner: SIGTERM blocked, SIGPIPE ignored. The server
+   * must still get our SIGTERM (and so save its dump) - a blocked mask is
+   * inherited across exec. */
+  sigset_t term, old;
+  sigemptyset(&term);
+  sigaddset(&term, SIGTERM);
+  sigprocmask(SIG_BLOCK, &term, &old);
+  signal(SIGPIPE, SIG_IGN);
   rv_redis_server_t *r = rv_redis_server_start(dir, err, sizeof err);
   if (!r) fail_msg("start: %s", err);
   redis_cmd(rv_redis_server_address(r), "SET rv:test kept\r\n", reply, sizeof reply);
@@ -103,6 +111,8 @@ static void test_redis_persists_across_restarts(void **state) {
   redis_cmd(rv_redis_server_address(r), "GET rv:test\r\n", reply, sizeof reply);
   assert_string_equal(reply, "$4\r\nkept\r\n");
   rv_redis_server_stop(r);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  signal(SIGPIPE, SIG_DFL);
 }
 
 static void test_bad_directory_is_a_clear_error(void **state) {
