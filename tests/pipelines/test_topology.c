@@ -100,7 +100,7 @@ static void test_demo_loads_with_defaults(void **state) {
   assert_string_equal(t.name, "demo");
   assert_string_equal(t.data_dir, "var/demo");
   assert_string_equal(t.brokers, "embedded");
-  assert_int_equal(t.kafka_partitions, 3);
+  assert_int_equal(t.kafka_partitions, 12);
   assert_string_equal(t.postgres, "embedded");
   assert_int_equal(t.pgbouncer, 0);
   assert_string_equal(t.redis, "embedded");
@@ -109,7 +109,7 @@ static void test_demo_loads_with_defaults(void **state) {
   assert_string_equal(c->name, "fashion");
   assert_int_equal(c->dim, 784);
   assert_int_equal(c->metric, RV_METRIC_L2);
-  assert_int_equal(c->partitions, 3);
+  assert_int_equal(c->partitions, 12); /* inherited from kafka.partitions */
   assert_int_equal(c->schema_id, 1);
   assert_string_equal(c->source_topic, "fashion.vectors");
   assert_string_equal(c->changelog_topic, "fashion.changelog");
@@ -117,7 +117,7 @@ static void test_demo_loads_with_defaults(void **state) {
   assert_int_equal(c->n_fields, 1);
   assert_string_equal(c->fields[0].name, "label");
   assert_int_equal(c->fields[0].type, RV_FIELD_KEYWORD);
-  assert_int_equal(t.batch_rows, 5000);
+  assert_int_equal(t.batch_rows, 1000);
   assert_int_equal(t.batch_ms, 50);
   assert_int_equal(t.max_metadata_bytes, 65536);
   assert_int_equal(t.hnsw_m, 16);
