@@ -17,6 +17,9 @@ DEPS=(build-essential cmake pkg-config
       libjansson-dev libyaml-dev libcmocka-dev zlib1g-dev
       postgresql-15 postgresql-client-15 redis-server kcat dataset-fashion-mnist
       python3 python3-numpy python3-websocket)
+# The kafkajs integration test needs Node.js and npm; Debian's are enough,
+# but an existing `node` on PATH is used as it is.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || DEPS+=(nodejs npm)
 
 deps() {
   local missing=()
@@ -46,6 +49,8 @@ case "${1:-}" in
   test)
     deps
     build
+    # Independent Kafka/Avro clients for the kafkajs test (versions pinned in package-lock.json).
+    (cd tests/integration/node && npm ci --no-audit --no-fund --loglevel=error)
     cd build
     # shellcheck disable=SC2086
     exec ctest --output-on-failure --timeout 900 -j2 ${RV_CTEST_ARGS:-} ;;
