@@ -1,4 +1,5 @@
 #include "rv_flat.h"
+#include "rv_hash.h"
 
 #include <errno.h>
 #include <math.h>
@@ -21,7 +22,7 @@ struct rv_flat {
   float *vecs;       /* cap * stride floats, 64-byte aligned; unit length for cosine */
   char **ids;        /* per slot, owned */
   char **meta;       /* per slot, owned, NULL when none */
-  uint64_t *hashes;  /* per slot: hash_id(ids[slot]), kept to probe and rehash cheaply */
+  uint64_t *hashes;  /* per slot: rv__hash_id(ids[slot]), kept to probe and rehash cheaply */
   uint32_t *table;   /* id -> slot + 1 (0 = empty); linear probing, no tombstones */
   size_t table_cap;  /* power of two, at least 2 * count */
 };
@@ -34,21 +35,6 @@ typedef struct cand {
   uint32_t slot;
 } cand_t;
 
-static uint64_t hash_id(const char *s) {
-  uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
-  for (; *s; s++) {
-    h ^= (unsigned char)*s;
-    h *= 0x100000001b3ULL;
-  }
-  /* FNV's low bits avalanche poorly and the table indexes by them: finish
-   * with murmur3's fmix64. */
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
 
 static float *row(const rv_flat_t *f, size_t slot) { return f->vecs + slot * f->stride; }
 
@@ -190,7 +176,7 @@ rv_err_t rv_flat_upsert(rv_flat_t *f, const char *id, const float *vec, int dim,
 
   char *meta_copy = NULL;
   if (metadata && !(meta_copy = strdup(metadata))) return RV_ERR_NOMEM;
-  uint64_t h = hash_id(id);
+  uint64_t h = rv__hash_id(id);
   size_t pos = find_pos(f, id, h);
   if (pos != NO_POS) {
     size_t slot = f->table[pos] - 1;
@@ -220,7 +206,7 @@ rv_err_t rv_flat_upsert(rv_flat_t *f, const char *id, const float *vec, int dim,
 
 rv_err_t rv_flat_delete(rv_flat_t *f, const char *id) {
   if (!f || !id) return RV_ERR_INVALID;
-  size_t pos = find_pos(f, id, hash_id(id));
+  size_t pos = find_pos(f, id, rv__hash_id(id));
   if (pos == NO_POS) return RV_ERR_NOT_FOUND;
   size_t slot = f->table[pos] - 1, last = f->count - 1;
   table_remove_at(f, pos);

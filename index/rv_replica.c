@@ -1,5 +1,6 @@
 #define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include "rv_replica.h"
+#include "rv_hash.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "rv_kafka.h"
 #include "rv_log.h"
 #include "rv_time.h"
 
@@ -52,20 +54,6 @@ struct rv_replica {
   rv_codec_t *codec; /* used by the applier thread only */
 };
 
-/* FNV-1a finished with murmur3's fmix64 (the same as rv_flat's id table). */
-static uint64_t hash_id(const char *s) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (; *s; s++) {
-    h ^= (unsigned char)*s;
-    h *= 0x100000001b3ULL;
-  }
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdULL;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ULL;
-  h ^= h >> 33;
-  return h;
-}
 
 static version_t *versions_find(versions_t *v, const char *id, uint64_t h) {
   if (!v->cap) return NULL;
@@ -176,7 +164,7 @@ rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c) {
   if (c->op == RV_OP_UPSERT && !c->vector) return RV_ERR_INVALID;
   if (c->op == RV_OP_UPSERT && c->dim != r->conf.collection.dim) return RV_ERR_DIM;
 
-  uint64_t h = hash_id(c->id);
+  uint64_t h = rv__hash_id(c->id);
   char *id_copy = NULL;
   rv_err_t err = RV_OK;
   pthread_rwlock_wrlock(&r->lock);
@@ -368,12 +356,6 @@ out:
   return NULL;
 }
 
-static rv_err_t conf_set(rd_kafka_conf_t *kc, const char *name, const char *value, char *errstr,
-                         size_t errstr_size) {
-  if (rd_kafka_conf_set(kc, name, value, errstr, errstr_size) != RD_KAFKA_CONF_OK) return RV_ERR_CONFIG;
-  return RV_OK;
-}
-
 rv_err_t rv_replica_start(rv_replica_t *r, char *errstr, size_t errstr_size) {
   if (!r) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no replica");
   if (r->started) return rv_errf(RV_ERR_STATE, errstr, errstr_size, "applier already started");
@@ -386,18 +368,15 @@ rv_err_t rv_replica_start(rv_replica_t *r, char *errstr, size_t errstr_size) {
   char group[RV_NAME_MAX * 2 + 32];
   snprintf(group, sizeof group, "rv-replica-%s-%s", r->conf.region[0] ? r->conf.region : "default",
            r->conf.collection.name);
-  rd_kafka_conf_t *kc = rd_kafka_conf_new();
-  rv_err_t err = conf_set(kc, "bootstrap.servers", r->conf.brokers, errstr, errstr_size);
-  if (!err) err = conf_set(kc, "group.id", group, errstr, errstr_size);
-  if (!err) err = conf_set(kc, "client.id", group, errstr, errstr_size);
-  if (!err) err = conf_set(kc, "enable.auto.commit", "false", errstr, errstr_size);
-  if (!err) err = conf_set(kc, "enable.auto.offset.store", "false", errstr, errstr_size);
-  if (!err) err = conf_set(kc, "enable.partition.eof", "true", errstr, errstr_size);
-  if (!err) err = conf_set(kc, "auto.offset.reset", "earliest", errstr, errstr_size);
-  if (err) {
-    rd_kafka_conf_destroy(kc);
-    return err;
-  }
+  const char *props[][2] = {
+      {"bootstrap.servers", r->conf.brokers}, {"group.id", group},
+      {"client.id", group},                   {"enable.auto.commit", "false"},
+      {"enable.auto.offset.store", "false"},  {"enable.partition.eof", "true"},
+      {"auto.offset.reset", "earliest"},
+  };
+  rd_kafka_conf_t *kc = rv_kafka_conf_new(RV_KAFKA_PROPS(props), "changelog consumer", errstr, errstr_size);
+  if (!kc) return RV_ERR_CONFIG;
+  rv_err_t err;
   rd_kafka_conf_set_log_cb(kc, kafka_log);
 
   r->codec = rv_codec_new(errstr, errstr_size);

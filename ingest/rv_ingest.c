@@ -22,6 +22,7 @@
 #include "rv_changelog.h"
 #include "rv_decode.h"
 #include "rv_dlq.h"
+#include "rv_kafka.h"
 #include "rv_log.h"
 #include "rv_pgschema.h"
 #include "rv_pgutil.h"
@@ -447,7 +448,6 @@ rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t er
 }
 
 static rd_kafka_t *make_consumer(rv_ingest_t *in, char *errstr, size_t errstr_size) {
-  rd_kafka_conf_t *kc = rd_kafka_conf_new();
   char e[512];
   const char *kv[][2] = {
       {"bootstrap.servers", in->conf.brokers},
@@ -461,13 +461,8 @@ static rd_kafka_t *make_consumer(rv_ingest_t *in, char *errstr, size_t errstr_si
        * from librdkafka's own thread, so a slow batch does not count against it. */
       {"session.timeout.ms", "10000"},
   };
-  for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
-    if (rd_kafka_conf_set(kc, kv[i][0], kv[i][1], e, sizeof e) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(kc);
-      rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "consumer %s: %s", kv[i][0], e);
-      return NULL;
-    }
-  }
+  rd_kafka_conf_t *kc = rv_kafka_conf_new(RV_KAFKA_PROPS(kv), "consumer", errstr, errstr_size);
+  if (!kc) return NULL;
   rd_kafka_conf_set_rebalance_cb(kc, on_rebalance);
   rd_kafka_conf_set_opaque(kc, in);
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, e, sizeof e);

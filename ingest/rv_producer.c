@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rv_kafka.h"
 #include "rv_log.h"
 #include "rv_time.h"
 
@@ -48,7 +49,6 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 }
 
 static rd_kafka_t *make_handle(rv_producer_t *p, char *errstr, size_t errstr_size) {
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
   char e[512];
   const char *kv[][2] = {
       {"bootstrap.servers", p->brokers},
@@ -59,13 +59,8 @@ static rd_kafka_t *make_handle(rv_producer_t *p, char *errstr, size_t errstr_siz
       {"linger.ms", "5"},
       {"message.timeout.ms", "30000"},
   };
-  for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
-    if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], e, sizeof e) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "producer %s: %s", kv[i][0], e);
-      return NULL;
-    }
-  }
+  rd_kafka_conf_t *conf = rv_kafka_conf_new(RV_KAFKA_PROPS(kv), "producer", errstr, errstr_size);
+  if (!conf) return NULL;
   rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
   rd_kafka_conf_set_opaque(conf, p);
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, e, sizeof e);

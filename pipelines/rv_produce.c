@@ -15,6 +15,7 @@
 
 #include "rv_buf.h"
 #include "rv_collection.h"
+#include "rv_kafka.h"
 #include "rv_record.h"
 #include "rv_time.h"
 
@@ -176,13 +177,8 @@ static rd_kafka_t *make_producer(const rv_produce_opts_t *opts, run_t *r, char *
       {"queue.buffering.max.kbytes", "262144"}, /* bounds memory; QUEUE_FULL is handled */
   };
   char kerr[512];
-  rd_kafka_conf_t *conf = rd_kafka_conf_new();
-  for (size_t i = 0; i < sizeof props / sizeof props[0]; i++)
-    if (rd_kafka_conf_set(conf, props[i][0], props[i][1], kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
-      rd_kafka_conf_destroy(conf);
-      rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "%s", kerr);
-      return NULL;
-    }
+  rd_kafka_conf_t *conf = rv_kafka_conf_new(RV_KAFKA_PROPS(props), "producer", errstr, errstr_size);
+  if (!conf) return NULL;
   rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
   rd_kafka_conf_set_opaque(conf, r);
   rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof kerr);
