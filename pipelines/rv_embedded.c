@@ -154,7 +154,34 @@ static int abs_dir(const char *dir, char *out, size_t out_size, char *errstr, si
   return 0;
 }
 
+/* Polls ready(arg) until it answers, the child exits, or START_TIMEOUT_MS
+ * passes (then the child is killed). Returns 0 when ready; otherwise -1 with
+ * errstr naming the server and the tail of its log. */
+static int wait_ready(pid_t pid, int (*ready)(const char *), const char *arg, const char *what,
+                      const char *log_path, char *errstr, size_t errstr_size) {
+  int64_t deadline = rv_mono_ms() + START_TIMEOUT_MS;
+  while (!ready(arg)) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      rv_errf(RV_ERR_IO, errstr, errstr_size, "%s exited during start-up", what);
+      log_tail(log_path, errstr, errstr_size);
+      return -1;
+    }
+    if (rv_mono_ms() > deadline) {
+      stop_child(pid, SIGKILL, SIGKILL);
+      rv_errf(RV_ERR_TIMEOUT, errstr, errstr_size, "%s did not answer within %d s", what, START_TIMEOUT_MS / 1000);
+      log_tail(log_path, errstr, errstr_size);
+      return -1;
+    }
+    struct timespec ts = {0, 20 * 1000000};
+    nanosleep(&ts, NULL);
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------ PostgreSQL */
+
+static int pg_ready(const char *conninfo) { return PQping(conninfo) == PQPING_OK; }
 
 static int pg_create_database(const char *sockdir, char *errstr, size_t errstr_size) {
   char ci[PATH_MAX + 64];
@@ -244,25 +271,7 @@ rv_pg_server_t *rv_pg_server_start(const char *dir, char *errstr, size_t errstr_
   }
   char ping[PATH_MAX + 64];
   snprintf(ping, sizeof ping, "host=%s port=5432 dbname=postgres user=ruvector connect_timeout=2", run_dir);
-  int64_t deadline = rv_mono_ms() + START_TIMEOUT_MS;
-  for (;;) {
-    if (PQping(ping) == PQPING_OK) break;
-    int st;
-    if (waitpid(pid, &st, WNOHANG) == pid) {
-      rv_errf(RV_ERR_IO, errstr, errstr_size, "postgres exited during start-up");
-      log_tail(log_path, errstr, errstr_size);
-      return NULL;
-    }
-    if (rv_mono_ms() > deadline) {
-      stop_child(pid, SIGQUIT, SIGKILL);
-      rv_errf(RV_ERR_TIMEOUT, errstr, errstr_size, "postgres did not accept connections within %d s",
-              START_TIMEOUT_MS / 1000);
-      log_tail(log_path, errstr, errstr_size);
-      return NULL;
-    }
-    struct timespec ts = {0, 50 * 1000000};
-    nanosleep(&ts, NULL);
-  }
+  if (wait_ready(pid, pg_ready, ping, "postgres", log_path, errstr, errstr_size)) return NULL;
   if (pg_create_database(run_dir, errstr, errstr_size)) {
     stop_child(pid, SIGINT, SIGQUIT);
     return NULL;
@@ -292,18 +301,19 @@ void rv_pg_server_stop(rv_pg_server_t *s) {
 
 /* ------------------------------------------------------------------ Redis */
 
-static int redis_ping(const char *sock_path) {
+/* 1 if redis answers PING on the socket. */
+static int redis_ready(const char *sock_path) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
   struct sockaddr_un sa = {.sun_family = AF_UNIX};
   snprintf(sa.sun_path, sizeof sa.sun_path, "%s", sock_path);
-  int ok = -1;
+  int ok = 0;
   char buf[16] = {0};
   struct timeval tv = {1, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && write(fd, "PING\r\n", 6) == 6 &&
       read(fd, buf, sizeof buf - 1) > 0 && strncmp(buf, "+PONG", 5) == 0)
-    ok = 0;
+    ok = 1;
   close(fd);
   return ok;
 }
@@ -337,23 +347,7 @@ rv_redis_server_t *rv_redis_server_start(const char *dir, char *errstr, size_t e
     rv_errf(RV_ERR_IO, errstr, errstr_size, "fork: %s", strerror(errno));
     return NULL;
   }
-  int64_t deadline = rv_mono_ms() + START_TIMEOUT_MS;
-  while (redis_ping(sock) != 0) {
-    int st;
-    if (waitpid(pid, &st, WNOHANG) == pid) {
-      rv_errf(RV_ERR_IO, errstr, errstr_size, "redis-server exited during start-up");
-      log_tail(log_path, errstr, errstr_size);
-      return NULL;
-    }
-    if (rv_mono_ms() > deadline) {
-      stop_child(pid, SIGKILL, SIGKILL);
-      rv_errf(RV_ERR_TIMEOUT, errstr, errstr_size, "redis-server did not answer within %d s",
-              START_TIMEOUT_MS / 1000);
-      return NULL;
-    }
-    struct timespec ts = {0, 20 * 1000000};
-    nanosleep(&ts, NULL);
-  }
+  if (wait_ready(pid, redis_ready, sock, "redis-server", log_path, errstr, errstr_size)) return NULL;
   rv_redis_server_t *s = calloc(1, sizeof *s);
   if (!s) {
     stop_child(pid, SIGTERM, SIGKILL);
