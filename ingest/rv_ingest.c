@@ -42,6 +42,7 @@
 typedef struct assigned {
   int32_t partition;
   int64_t committed; /* next offset stored in rv_offsets; -1 when none */
+  int64_t next_seen; /* offset the next message should have; -1 when unknown */
 } assigned_t;
 
 struct rv_ingest {
@@ -53,7 +54,7 @@ struct rv_ingest {
   int started, joined;
   atomic_int stop;
 
-  _Atomic uint64_t consumed, ingested, dead_lettered, batches, retries;
+  _Atomic uint64_t consumed, ingested, dead_lettered, batches, retries, lost;
 
   /* Owned by the consumer thread once started. */
   rd_kafka_t *consumer;
@@ -180,6 +181,7 @@ static int load_offsets(rv_ingest_t *in, rd_kafka_topic_partition_list_t *parts)
       a->partition = ids[i];
     }
     a->committed = next[i];
+    a->next_seen = next[i];
     rv_info(LOG, "%s: partition %d starts at %s%lld", in->conf.collection.name, (int)ids[i],
             next[i] >= 0 ? "" : "the beginning ", (long long)(next[i] >= 0 ? next[i] : 0));
   }
@@ -261,9 +263,27 @@ static char *header_string(rd_kafka_message_t *m, const char *name) {
   return s;
 }
 
+/* Offsets that vanished between the last one read (or stored) and this
+ * message were deleted from the log before ingest read them: retention (the
+ * embedded mock broker keeps 5 MiB per partition) or an operator. They cannot
+ * be recovered here, so they are counted and reported loudly. A gap of one
+ * is a transaction marker of a transactional producer, not a loss. */
+static void check_gap(rv_ingest_t *in, assigned_t *a, const rd_kafka_message_t *m) {
+  if (a->next_seen >= 0 && m->offset > a->next_seen + 1) {
+    atomic_fetch_add(&in->lost, (uint64_t)(m->offset - a->next_seen));
+    rv_error(LOG, "%s: %s [%d]: offsets %lld..%lld were deleted from the log before ingest read them; "
+             "continuing at %lld (%lld record(s) lost upstream)",
+             in->conf.collection.name, in->conf.collection.source_topic, (int)m->partition,
+             (long long)a->next_seen, (long long)m->offset - 1, (long long)m->offset,
+             (long long)(m->offset - a->next_seen));
+  }
+  a->next_seen = m->offset + 1;
+}
+
 static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
   atomic_fetch_add(&in->consumed, 1);
-  const assigned_t *a = find_assigned(in, m->partition);
+  assigned_t *a = find_assigned(in, m->partition);
+  if (a) check_gap(in, a, m);
   int64_t expected = a ? a->committed : -1;
   int64_t now = rv_wall_ms();
   rv_validate_rules_t rules = {in->conf.collection.dim, in->conf.max_metadata_bytes, now};
@@ -561,4 +581,5 @@ void rv_ingest_stats(rv_ingest_t *in, rv_ingest_stats_t *out) {
   out->dead_lettered = atomic_load(&in->dead_lettered);
   out->batches = atomic_load(&in->batches);
   out->retries = atomic_load(&in->retries);
+  out->lost = atomic_load(&in->lost);
 }

@@ -29,6 +29,7 @@ typedef struct rv_ingest_stats {
   uint64_t dead_lettered; /* records sent to the DLQ */
   uint64_t batches;       /* committed transactions */
   uint64_t retries;       /* retried PostgreSQL or Kafka operations */
+  uint64_t lost;          /* source offsets deleted from the log before ingest read them */
 } rv_ingest_stats_t;
 
 /* Fills unset (zero) fields of conf with defaults. */

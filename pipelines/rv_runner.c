@@ -339,8 +339,10 @@ static void print_progress(runner_t *r, int64_t started_ms) {
       snprintf(load, sizeof load, "published %lld%s, ",
                (long long)__atomic_load_n(&r->load_delivered, __ATOMIC_RELAXED),
                __atomic_load_n(&r->loader_done, __ATOMIC_ACQUIRE) ? " (done)" : "");
-    printf("[%6.1fs] %s: %singested %llu, dead-lettered %llu, searchable %llu (region %s, lag %lld)\n", secs,
-           t->collections[i].name, load, (unsigned long long)is.ingested, (unsigned long long)is.dead_lettered,
+    char lost[64] = "";
+    if (is.lost) snprintf(lost, sizeof lost, ", LOST UPSTREAM %llu", (unsigned long long)is.lost);
+    printf("[%6.1fs] %s: %singested %llu, dead-lettered %llu%s, searchable %llu (region %s, lag %lld)\n", secs,
+           t->collections[i].name, load, (unsigned long long)is.ingested, (unsigned long long)is.dead_lettered, lost,
            (unsigned long long)rs.count, t->regions[0], (long long)rs.lag);
   }
   fflush(stdout);
