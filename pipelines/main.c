@@ -23,10 +23,11 @@ static void usage(FILE *out) {
         "commands:\n"
         "  pipeline validate FILE          check a topology file; prints every problem as\n"
         "                                  file:line:column: reason; exit 0 valid, 78 invalid\n"
-        "  pipeline run FILE [--load PATH] [--count N]\n"
+        "  pipeline run FILE [--load PATH] [--count N] [--endpoints PATH]\n"
         "                                  run a topology (embedded Kafka/PostgreSQL/Redis where it\n"
         "                                  says so); --load publishes a data set (IDX, .fvecs, JSON\n"
-        "                                  lines) to the first collection; stops on SIGINT/SIGTERM\n"
+        "                                  lines) to the first collection; --endpoints overrides the\n"
+        "                                  topology's endpoints_file; stops on SIGINT/SIGTERM\n"
         "  broker [--topology FILE] [...]  run the embedded Kafka as its own process (see broker --help)\n"
         "  produce [...]                   publish vectors to Kafka (see produce --help)\n"
         "  version                         print the version\n",
@@ -63,12 +64,17 @@ static int cmd_pipeline(int argc, char **argv) {
   } else if (rc == 0 && !strcmp(verb, "run")) {
     rv_run_opts_t opts = {0};
     static const struct option longopts[] = {
-        {"load", required_argument, NULL, 'l'}, {"count", required_argument, NULL, 'n'}, {NULL, 0, NULL, 0}};
+        {"load", required_argument, NULL, 'l'},
+        {"count", required_argument, NULL, 'n'},
+        {"endpoints", required_argument, NULL, 'e'},
+        {NULL, 0, NULL, 0}};
     optind = 3;
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
       if (c == 'l') opts.load_path = optarg;
       else if (c == 'n') opts.load_count = strtol(optarg, NULL, 10);
+      else if (c == 'e' && strlen(optarg) < sizeof t->endpoints_file)
+        snprintf(t->endpoints_file, sizeof t->endpoints_file, "%s", optarg);
       else {
         free(t);
         return EX_USAGE;

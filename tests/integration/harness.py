@@ -3,6 +3,7 @@ processes that are always stopped (even when a test fails), polling with
 deadlines, and the independent clients (HTTP, WebSocket, Fashion-MNIST reader).
 
 Run with /usr/bin/python3: it sees Debian's numpy and websocket-client."""
+import ctypes
 import gzip
 import json
 import os
@@ -18,6 +19,15 @@ import urllib.request
 import numpy as np
 
 FASHION = "/usr/share/datasets/fashion-mnist"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """Runs in the child before exec: if this test process is killed (a ctest
+    timeout sends SIGKILL), the child gets SIGTERM instead of living on."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class TestFailure(AssertionError):
@@ -66,7 +76,7 @@ class Env:
         full_env = dict(os.environ)
         full_env.update(env or {})
         p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                             cwd=self.dir, start_new_session=True)
+                             cwd=self.dir, start_new_session=True, preexec_fn=_die_with_parent)
         p.rv_name = name
         self.procs.append(p)
         log(f"started {name} (pid {p.pid}): {' '.join(args)}")

@@ -76,10 +76,12 @@ def run(env):
     log("kcat -L lists the broker's topics")
 
     endpoints_file = env.path("endpoints.json")
-    pipeline = env.start([env.ruvector, "pipeline", "run", topo], "pipeline",
+    # --endpoints overrides the topology's endpoints_file.
+    pipeline = env.start([env.ruvector, "pipeline", "run", topo, "--endpoints", endpoints_file], "pipeline",
                          env={"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"),
-                              "RV_ENDPOINTS": endpoints_file})
+                              "RV_ENDPOINTS": env.path("not-here.json")})
     ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90)
+    check(not os.path.exists(env.path("not-here.json")), "endpoints written to the topology's path, not --endpoints")
 
     rng = np.random.default_rng(7)
     vectors = {}
