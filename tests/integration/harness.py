@@ -43,11 +43,15 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def wait_for(what, fn, timeout, interval=0.1):
-    """Polls fn until it returns a truthy value; fails with `what` after timeout seconds."""
+def wait_for(what, fn, timeout, interval=0.1, alive=()):
+    """Polls fn until it returns a truthy value; fails with `what` after timeout
+    seconds, or at once when one of the processes in `alive` has exited."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
+        for p in alive:
+            if p.poll() is not None:
+                raise TestFailure(f"{p.rv_name} exited with {p.returncode} while waiting for {what}")
         try:
             last = fn()
             if last:

@@ -20,13 +20,15 @@ def run(env):
     bootstrap_file = env.path("bootstrap")
     broker = env.start([env.ruvector, "broker", "--collection", "fashion:3", "--bootstrap-file", bootstrap_file],
                        "broker")
-    bootstrap = wait_for("broker bootstrap file", lambda: open(bootstrap_file).read().strip(), 30)
+    bootstrap = wait_for("broker bootstrap file", lambda: open(bootstrap_file).read().strip(), 30,
+                         alive=[broker])
     log(f"bootstrap {bootstrap}")
 
     endpoints_file = env.path("endpoints.json")
     pipe_env = {"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"), "RV_ENDPOINTS": endpoints_file}
     pipeline = env.start([env.ruvector, "pipeline", "run", topo], "pipeline", env=pipe_env)
-    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90)
+    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90,
+        alive=[pipeline, broker])
     check(ep["kafka"]["bootstrap"] == bootstrap, f"endpoints bootstrap {ep['kafka']['bootstrap']} != {bootstrap}")
     check(ep["collections"]["fashion"]["source_topic"] == "fashion.vectors", "source topic in endpoints")
     check(ep["ws"].startswith("ws://127.0.0.1:"), f"ws url {ep['ws']}")
@@ -37,7 +39,8 @@ def run(env):
                  "--count", str(N), "--id-prefix", PREFIX], "produce")
     check(r.returncode == 0, f"produce exited {r.returncode}")
 
-    wait_for(f"{N} searchable vectors", lambda: collection_count(ep["http"], "fashion") == N, 180, 0.25)
+    wait_for(f"{N} searchable vectors", lambda: collection_count(ep["http"], "fashion") == N, 180, 0.25,
+        alive=[pipeline])
     log("all vectors searchable")
 
     base = load_idx_images(train, N)
@@ -85,7 +88,8 @@ def run(env):
     r = env.run([env.ruvector, "produce", "--endpoints", endpoints_file, "--collection", "fashion", "--input",
                  deletes, "--format", "jsonl"], "produce-deletes")
     check(r.returncode == 0, f"produce --delete exited {r.returncode}")
-    wait_for(f"{N - 100} searchable vectors", lambda: collection_count(ep["http"], "fashion") == N - 100, 120, 0.25)
+    wait_for(f"{N - 100} searchable vectors", lambda: collection_count(ep["http"], "fashion") == N - 100, 120, 0.25,
+        alive=[pipeline])
 
     doomed_set = set(doomed)
     live = [i for i in range(N) if ids[i] not in doomed_set]

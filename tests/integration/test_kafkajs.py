@@ -40,12 +40,14 @@ def run(env):
     bootstrap_file = env.path("bootstrap")
     broker = env.start([env.ruvector, "broker", "--collection", "kj:3", "--bootstrap-file", bootstrap_file],
                        "broker")
-    bootstrap = wait_for("bootstrap file", lambda: open(bootstrap_file).read().strip(), 30)
+    bootstrap = wait_for("bootstrap file", lambda: open(bootstrap_file).read().strip(), 30,
+                         alive=[broker])
     endpoints_file = env.path("endpoints.json")
     pipeline = env.start([env.ruvector, "pipeline", "run", topo], "pipeline",
                          env={"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"),
                               "RV_ENDPOINTS": endpoints_file})
-    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90)
+    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90,
+        alive=[pipeline, broker])
 
     r = subprocess.run(["node", os.path.join(node_dir, "kafkajs_client.js"), bootstrap, "kj",
                         os.path.join(env.source_dir, "schemas"), str(N), str(DIM)],
@@ -56,7 +58,7 @@ def run(env):
     check(result.get("changelog_ids") == N and not result.get("problems"), f"kafkajs client: {result}")
     log(f"kafkajs published {N} records; the changelog it read back has all of them, vectors exact")
 
-    wait_for(f"{N} searchable", lambda: collection_count(ep["http"], "kj") == N, 60, 0.25)
+    wait_for(f"{N} searchable", lambda: collection_count(ep["http"], "kj") == N, 60, 0.25, alive=[pipeline])
     ws = WsClient(ep["ws"])
     for i in (0, 17, N - 1):  # N - 1 was Confluent-framed
         reply = ws.search("kj", vector_for(i), k=1)

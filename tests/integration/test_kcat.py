@@ -67,7 +67,8 @@ def run(env):
     bootstrap_file = env.path("bootstrap")
     broker = env.start([env.ruvector, "broker", "--collection", "tiny:3", "--bootstrap-file", bootstrap_file],
                        "broker")
-    bootstrap = wait_for("bootstrap file", lambda: open(bootstrap_file).read().strip(), 30)
+    bootstrap = wait_for("bootstrap file", lambda: open(bootstrap_file).read().strip(), 30,
+                         alive=[broker])
 
     listing = kcat(["-b", bootstrap, "-L"])
     check(" 3 brokers:" in listing, f"kcat -L does not show 3 brokers:\n{listing}")
@@ -80,7 +81,8 @@ def run(env):
     pipeline = env.start([env.ruvector, "pipeline", "run", topo, "--endpoints", endpoints_file], "pipeline",
                          env={"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"),
                               "RV_ENDPOINTS": env.path("not-here.json")})
-    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90)
+    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90,
+        alive=[pipeline, broker])
     check(not os.path.exists(env.path("not-here.json")), "endpoints written to the topology's path, not --endpoints")
 
     rng = np.random.default_rng(7)
@@ -107,7 +109,8 @@ def run(env):
     kcat(["-b", bootstrap, "-P", "-t", "tiny.vectors", env.path("garbage.bin")])
 
     total = N_PLAIN + N_CONFLUENT
-    wait_for(f"{total} searchable", lambda: collection_count(ep["http"], "tiny") == total, 120, 0.25)
+    wait_for(f"{total} searchable", lambda: collection_count(ep["http"], "tiny") == total, 120, 0.25,
+        alive=[pipeline])
 
     rows = psql(ep["postgres"], "SELECT id, encode(vector, 'hex') FROM tiny WHERE deleted_at IS NULL ORDER BY id")
     stored = dict(line.split("|") for line in rows.splitlines())
@@ -123,7 +126,8 @@ def run(env):
 
     # A Kafka tombstone (key, NULL value) deletes.
     kcat(["-b", bootstrap, "-P", "-t", "tiny.vectors", "-K", ":", "-Z"], b"kc-3:\n")
-    wait_for("tombstone applied", lambda: collection_count(ep["http"], "tiny") == total - 1, 60, 0.25)
+    wait_for("tombstone applied", lambda: collection_count(ep["http"], "tiny") == total - 1, 60, 0.25,
+        alive=[pipeline])
     reply = ws.search("tiny", vectors["kc-3"], k=3)
     check(all(h["id"] != "kc-3" for h in reply["hits"]), f"deleted id still returned: {reply}")
     check(psql(ep["postgres"], "SELECT deleted_at IS NOT NULL FROM tiny WHERE id = 'kc-3'") == "t", "soft delete")
