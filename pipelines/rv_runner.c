@@ -264,6 +264,7 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
   sc.l1_entries = t->cache_l1_entries;
   sc.l2_ttl_s = t->cache_l2_ttl_s;
   sc.workers = t->serve_workers;
+  snprintf(sc.cache_namespace, sizeof sc.cache_namespace, "%s", t->name);
   r->serve = rv_serve_new(&sc, err, sizeof err);
   if (!r->serve || rv_serve_start(r->serve, err, sizeof err)) {
     rv_error(LOG, "serve %s:%d: %s", t->serve_host, t->serve_port, err);

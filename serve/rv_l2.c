@@ -20,12 +20,13 @@ struct rv_l2 {
   int port;
   int ttl_s;
   char name[64];           /* for log lines */
+  char ns[64];             /* key namespace */
   redisContext *rc;        /* NULL while disconnected */
   int64_t next_attempt_ms; /* monotonic time before which no reconnect is tried */
   int down;                /* an outage has been logged and has not ended yet */
 };
 
-rv_l2_t *rv_l2_new(const char *address, int ttl_s, const char *name, char *errstr,
+rv_l2_t *rv_l2_new(const char *address, int ttl_s, const char *ns, const char *name, char *errstr,
                    size_t errstr_size) {
   if (ttl_s < 1) {
     rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "redis cache TTL must be >= 1 s");
@@ -37,6 +38,13 @@ rv_l2_t *rv_l2_new(const char *address, int ttl_s, const char *name, char *errst
     return NULL;
   }
   l2->ttl_s = ttl_s;
+  if (!ns || !ns[0]) ns = "default";
+  if (strlen(ns) >= sizeof l2->ns || strpbrk(ns, " \r\n")) {
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "cache namespace \"%s\": at most 63 bytes, no spaces", ns);
+    free(l2);
+    return NULL;
+  }
+  snprintf(l2->ns, sizeof l2->ns, "%s", ns);
   snprintf(l2->name, sizeof l2->name, "%s", name ? name : "l2");
   if (!strncmp(address, "unix:", 5)) {
     if (address[5] == 0 || strlen(address + 5) >= sizeof l2->unix_path) goto bad;
@@ -112,14 +120,16 @@ static int ensure(rv_l2_t *l2) {
   return 1;
 }
 
-static void key_text(uint64_t key, char out[32]) {
-  snprintf(out, 32, "rv:q:%016" PRIx64, key);
+#define KEY_TEXT_MAX 96
+
+static void key_text(const rv_l2_t *l2, uint64_t key, char out[KEY_TEXT_MAX]) {
+  snprintf(out, KEY_TEXT_MAX, "rv:%s:q:%016" PRIx64, l2->ns, key);
 }
 
 int rv_l2_get(rv_l2_t *l2, uint64_t key, char **value, size_t *len) {
   if (!ensure(l2)) return 0;
-  char k[32];
-  key_text(key, k);
+  char k[KEY_TEXT_MAX];
+  key_text(l2, key, k);
   redisReply *r = redisCommand(l2->rc, "GET %s", k);
   if (!r) {
     lose(l2, l2->rc->errstr);
@@ -144,8 +154,8 @@ int rv_l2_get(rv_l2_t *l2, uint64_t key, char **value, size_t *len) {
 
 rv_err_t rv_l2_set(rv_l2_t *l2, uint64_t key, const char *value, size_t len) {
   if (!ensure(l2)) return RV_ERR_UNAVAILABLE;
-  char k[32];
-  key_text(key, k);
+  char k[KEY_TEXT_MAX];
+  key_text(l2, key, k);
   redisReply *r = redisCommand(l2->rc, "SET %s %b EX %d", k, value, len, l2->ttl_s);
   if (!r) {
     lose(l2, l2->rc->errstr);

@@ -1,7 +1,7 @@
 #ifndef RV_L2_H
 #define RV_L2_H
 /* Search result caching, level 2: a Redis connection (hiredis, synchronous)
- * holding reply text under "rv:q:<16 hex digits of the rv_cache_key>" with a
+ * holding reply text under "rv:<namespace>:q:<16 hex digits of the rv_cache_key>" with a
  * TTL. A Redis that is down never fails a search: lookups miss, stores are
  * skipped, the outage is logged once, and a reconnect is tried at most once
  * per second.
@@ -15,9 +15,10 @@
 typedef struct rv_l2 rv_l2_t;
 
 /* address is "unix:/path" or "host:port" (IPv6 hosts in brackets); ttl_s >= 1;
+ * ns names the key namespace (NULL or "" = "default"; at most 63 bytes);
  * name labels log lines (e.g. "worker 1"). Connects lazily, on first use.
  * Returns NULL with errstr set if the address is malformed or memory runs out. */
-rv_l2_t *rv_l2_new(const char *address, int ttl_s, const char *name, char *errstr,
+rv_l2_t *rv_l2_new(const char *address, int ttl_s, const char *ns, const char *name, char *errstr,
                    size_t errstr_size);
 void rv_l2_destroy(rv_l2_t *l2); /* NULL is a no-op */
 

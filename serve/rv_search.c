@@ -22,7 +22,7 @@ void *rv_search_thread_init(void *arg, int index) {
   }
   char name[32], err[256];
   snprintf(name, sizeof name, "search worker %d", index);
-  w->l2 = rv_l2_new(sh->redis, sh->l2_ttl_s, name, err, sizeof err);
+  w->l2 = rv_l2_new(sh->redis, sh->l2_ttl_s, sh->cache_namespace, name, err, sizeof err);
   if (!w->l2) rv_warn("serve", "%s: no L2 cache: %s", name, err);
   return w;
 }

@@ -16,6 +16,7 @@ typedef struct rv_search_shared {
   rv_lru_t *l1;           /* NULL: no L1 */
   const char *redis;      /* NULL or "": no L2; else an rv_l2_new address */
   int l2_ttl_s;
+  const char *cache_namespace; /* L2 key namespace (rv_l2_new) */
   rv_completions_t *done; /* where replies go */
   size_t headroom;        /* rv_msg_new headroom for the transport */
 } rv_search_shared_t;

@@ -531,7 +531,7 @@ rv_serve_t *rv_serve_new(const rv_serve_conf_t *conf, char *errstr, size_t errst
       }
   }
   if (conf->redis[0]) { /* validate the address now; workers connect later */
-    rv_l2_t *probe = rv_l2_new(conf->redis, 1, "serve", errstr, errstr_size);
+    rv_l2_t *probe = rv_l2_new(conf->redis, 1, NULL, "serve", errstr, errstr_size);
     if (!probe) return NULL;
     rv_l2_destroy(probe);
   }
@@ -602,6 +602,7 @@ rv_err_t rv_serve_start(rv_serve_t *s, char *errstr, size_t errstr_size) {
   s->shared = (rv_search_shared_t){.l1 = s->l1,
                                    .redis = s->conf.redis,
                                    .l2_ttl_s = s->conf.l2_ttl_s,
+                                   .cache_namespace = s->conf.cache_namespace,
                                    .done = s->done,
                                    .headroom = LWS_PRE};
   rv_workers_conf_t wc = {.threads = s->conf.workers,

@@ -27,6 +27,8 @@ typedef struct rv_serve_conf {
   int l1_entries;                          /* default 10000; 0 disables L1; < 0: the default */
   int l2_ttl_s;                            /* default 300 (also when <= 0) */
   int workers;                             /* search threads, default 2 (also when <= 0) */
+  char cache_namespace[RV_NAME_MAX];       /* L2 keys are rv:<namespace>:q:<hex>, so pipelines sharing
+                                              one Redis never see each other's entries; "" = "default" */
 } rv_serve_conf_t;
 
 /* Fills conf with the defaults: host 127.0.0.1, port 8080, no collections, no

@@ -128,6 +128,7 @@ static rv_serve_t *start_server(fixture_t *fx, const char *redis, int l1_entries
   conf.l2_ttl_s = L2_TTL_S;
   conf.workers = 2;
   if (redis) snprintf(conf.redis, sizeof conf.redis, "%s", redis);
+  snprintf(conf.cache_namespace, sizeof conf.cache_namespace, "ws-test");
   char err[512];
   rv_serve_t *s = rv_serve_new(&conf, err, sizeof err);
   if (!s) print_error("rv_serve_new: %s\n", err);
@@ -141,18 +142,19 @@ static rv_serve_t *start_server(fixture_t *fx, const char *redis, int l1_entries
   return s;
 }
 
-/* Every L2 entry is under rv:q:<16 hex> with a TTL of at most l2_ttl_s. */
+/* Every L2 entry is under rv:<namespace>:q:<16 hex> with a TTL of at most l2_ttl_s. */
 static void check_redis_keys(fixture_t *fx) {
   const char *addr = rv_redis_server_address(fx->redis);
   assert_true(!strncmp(addr, "unix:", 5));
   redisContext *rc = redisConnectUnix(addr + 5);
   assert_true(rc && !rc->err);
-  redisReply *r = redisCommand(rc, "KEYS rv:q:*");
+  redisReply *r = redisCommand(rc, "KEYS *");
   assert_non_null(r);
   assert_int_equal(r->type, REDIS_REPLY_ARRAY);
   assert_true(r->elements >= 1);
   for (size_t i = 0; i < r->elements; i++) {
-    assert_int_equal(strlen(r->element[i]->str), 5 + 16);
+    assert_int_equal(strncmp(r->element[i]->str, "rv:ws-test:q:", 13), 0);
+    assert_int_equal(strlen(r->element[i]->str), 13 + 16);
     redisReply *t = redisCommand(rc, "TTL %s", r->element[i]->str);
     assert_int_equal(t->type, REDIS_REPLY_INTEGER);
     assert_true(t->integer > 0 && t->integer <= L2_TTL_S);
