@@ -219,7 +219,7 @@ static int prescan(avro_schema_t s, const uint8_t *p, size_t len, size_t *pos, i
       if (n == 0) return 0;
       if (n < 0) { /* a negative count is followed by the block's size in bytes */
         int64_t bytes;
-        if (read_varint(p, len, pos, &bytes) || bytes < 0) return -1;
+        if (n == INT64_MIN || read_varint(p, len, pos, &bytes) || bytes < 0) return -1;
         n = -n;
       }
       if ((uint64_t)n > len - *pos) return -1; /* every item takes at least one byte here */

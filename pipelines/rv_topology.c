@@ -10,7 +10,10 @@
 #include "rv_interp.h"
 
 /* A topology is a few kilobytes; anything this large is a mistake. */
-#define MAX_TEXT_BYTES ((size_t)4 << 20)
+#define MAX_TEXT_BYTES ((size_t)1 << 20)
+/* libyaml takes time quadratic in the nesting of flow collections ("[[[[..."):
+ * 40 KB of brackets take over a second. No topology needs more than a few levels. */
+#define MAX_FLOW_DEPTH 64
 
 /* ---- diagnostics ---------------------------------------------------------- */
 
@@ -810,6 +813,42 @@ static void syntax_error(ctx_t *c, const yaml_parser_t *p, const char *text, siz
   if (diags_add(c->diags, c->file, line, column, msg) != 0) c->nomem = 1;
 }
 
+/* Finds flow collections nested deeper than MAX_FLOW_DEPTH before libyaml
+ * sees the text. Quoted scalars and comments are skipped; a '[' or '{' inside
+ * a plain scalar counts too, which can only make the limit err on the safe side.
+ * Returns 1 and sets *line and *column (1-based) at the offending bracket. */
+static int too_deep(const char *text, size_t len, int *line, int *column) {
+  int depth = 0, l = 1, col = 1;
+  char quote = 0;
+  for (size_t i = 0; i < len; i++, col++) {
+    char ch = text[i];
+    if (ch == '\n') {
+      l++;
+      col = 0;
+      continue;
+    }
+    if (quote) {
+      if (quote == '"' && ch == '\\' && i + 1 < len && text[i + 1] != '\n') i++, col++;
+      else if (ch == quote) quote = 0;
+      continue;
+    }
+    if (ch == '"' || ch == '\'') {
+      quote = ch;
+    } else if (ch == '#' && (i == 0 || text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n')) {
+      while (i + 1 < len && text[i + 1] != '\n') i++, col++;
+    } else if (ch == '[' || ch == '{') {
+      if (++depth > MAX_FLOW_DEPTH) {
+        *line = l;
+        *column = col;
+        return 1;
+      }
+    } else if ((ch == ']' || ch == '}') && depth > 0) {
+      depth--;
+    }
+  }
+  return 0;
+}
+
 rv_err_t rv_topology_parse(const char *name, const char *text, size_t len, rv_topology_t *out,
                            rv_diags_t *diags) {
   int before = diags->n;
@@ -819,6 +858,12 @@ rv_err_t rv_topology_parse(const char *name, const char *text, size_t len, rv_to
     char msg[128];
     snprintf(msg, sizeof msg, "file too large (%zu bytes, at most %zu)", len, MAX_TEXT_BYTES);
     return diags_add(diags, name, 0, 0, msg) ? RV_ERR_NOMEM : RV_ERR_CONFIG;
+  }
+  int deep_line, deep_column;
+  if (too_deep(text, len, &deep_line, &deep_column)) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "flow collections ([ ] or { }) nested deeper than %d levels", MAX_FLOW_DEPTH);
+    return diags_add(diags, name, deep_line, deep_column, msg) ? RV_ERR_NOMEM : RV_ERR_CONFIG;
   }
 
   yaml_parser_t parser;

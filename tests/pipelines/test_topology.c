@@ -518,6 +518,29 @@ static void test_unreadable_file(void **state) {
   rv_diags_close(&d);
 }
 
+/* libyaml is quadratic in flow nesting: deep "[[[[" is refused before it runs,
+ * at the bracket that crosses the limit; brackets in quotes and comments do not count. */
+static void test_deep_flow_nesting_is_refused(void **state) {
+  (void)state;
+  char text[512];
+  memset(text, 0, sizeof text);
+  strcpy(text, "name: m\nregions: ");
+  size_t at = strlen(text);
+  memset(text + at, '[', 70);
+  assert_one_problem(text, 2, (int)(strlen("regions: ") + 65), "nested deeper than 64 levels");
+
+  char quoted[1024];
+  char brackets[201];
+  memset(brackets, '[', 200);
+  brackets[200] = 0;
+  snprintf(quoted, sizeof quoted,
+           "name: m # %s\ndata_dir: \"%s\"\nendpoints_file: '%s'\ncollections:\n  - {name: c, dim: 4}\n",
+           brackets, brackets, brackets);
+  rv_topology_t t;
+  parse_ok(quoted, &t);
+  assert_int_equal(strlen(t.data_dir), 200);
+}
+
 static void test_aliases_resolve(void **state) {
   rv_topology_t t;
   parse_ok("name: n\ncollections:\n  - {name: a, dim: &d 8}\n  - {name: b, dim: *d}\n", &t);
@@ -558,6 +581,7 @@ int main(void) {
       cmocka_unit_test(test_syntax_errors),
       cmocka_unit_test(test_unreadable_file),
       cmocka_unit_test(test_aliases_resolve),
+      cmocka_unit_test(test_deep_flow_nesting_is_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
