@@ -307,9 +307,27 @@ static int fvecs_next(rv_source_t *s, rv_vector_record_t *out) {
 
 /* Reads one line (without its line ending) into s->line. Returns its length,
  * -1 at the end of the file, or -2 on error (s->err set). */
+/* Reads one line into s->line (without its end of line). Returns its length,
+ * -1 at the end of the input, -2 on error (s failed). Byte by byte through
+ * zlib's buffer: gzgets cannot report a NUL inside a line, which would cut the
+ * line short and glue the next one onto it. */
 static long read_line(rv_source_t *s) {
   size_t len = 0;
+  int nul = 0, any = 0;
   for (;;) {
+    int c = gzgetc(s->gz);
+    if (c == -1) {
+      int zerr;
+      const char *msg = gzerror(s->gz, &zerr);
+      if (zerr != Z_OK && zerr != Z_STREAM_END) {
+        fail(s, RV_ERR_IO, "%s:%lld: %s", s->path, (long long)s->line_no + 1, msg);
+        return -2;
+      }
+      if (!any) return -1;
+      break;
+    }
+    any = 1;
+    if (c == '\n') break;
     if (s->line_cap - len < 2) {
       size_t cap = s->line_cap ? s->line_cap * 2 : 1u << 16;
       char *p = realloc(s->line, cap);
@@ -320,21 +338,22 @@ static long read_line(rv_source_t *s) {
       s->line = p;
       s->line_cap = cap;
     }
-    if (!gzgets(s->gz, s->line + len, (int)(s->line_cap - len > INT_MAX ? INT_MAX : s->line_cap - len))) {
-      int zerr;
-      const char *msg = gzerror(s->gz, &zerr);
-      if (zerr != Z_OK && zerr != Z_STREAM_END) {
-        fail(s, RV_ERR_IO, "%s:%lld: %s", s->path, (long long)s->line_no + 1, msg);
-        return -2;
-      }
-      if (len == 0) return -1;
-      break;
-    }
-    len += strlen(s->line + len);
-    if (len > 0 && s->line[len - 1] == '\n') break;
+    if (c == 0) nul = 1;
+    s->line[len++] = (char)c;
   }
   s->line_no++;
-  while (len > 0 && (s->line[len - 1] == '\n' || s->line[len - 1] == '\r')) len--;
+  if (nul) {
+    fail(s, RV_ERR_CORRUPT, "%s:%lld: the line contains a NUL byte", s->path, (long long)s->line_no);
+    return -2;
+  }
+  if (!s->line) { /* an empty last line before any allocation */
+    if (!(s->line = malloc(1))) {
+      fail(s, RV_ERR_NOMEM, "out of memory");
+      return -2;
+    }
+    s->line_cap = 1;
+  }
+  while (len > 0 && s->line[len - 1] == '\r') len--;
   s->line[len] = '\0';
   return (long)len;
 }

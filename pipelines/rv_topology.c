@@ -12,7 +12,8 @@
 /* A topology is a few kilobytes; anything this large is a mistake. */
 #define MAX_TEXT_BYTES ((size_t)1 << 20)
 /* libyaml takes time quadratic in the nesting of flow collections ("[[[[..."):
- * 40 KB of brackets take over a second. No topology needs more than a few levels. */
+ * 40 KB of brackets take over a second (yaml/libyaml#286). No topology needs
+ * more than a few levels. */
 #define MAX_FLOW_DEPTH 64
 
 /* ---- diagnostics ---------------------------------------------------------- */
@@ -813,40 +814,35 @@ static void syntax_error(ctx_t *c, const yaml_parser_t *p, const char *text, siz
   if (diags_add(c->diags, c->file, line, column, msg) != 0) c->nomem = 1;
 }
 
-/* Finds flow collections nested deeper than MAX_FLOW_DEPTH before libyaml
- * sees the text. Quoted scalars and comments are skipped; a '[' or '{' inside
- * a plain scalar counts too, which can only make the limit err on the safe side.
- * Returns 1 and sets *line and *column (1-based) at the offending bracket. */
+/* Finds collections nested deeper than MAX_FLOW_DEPTH before the document is
+ * loaded, with libyaml's own event parser, which stops there: its scanner
+ * keeps a stack of possible keys as deep as the nesting, and that is where the
+ * quadratic time comes from, so stopping at the limit keeps this pass linear.
+ * Syntax errors are left to the real load. Returns 1 and sets *line and
+ * *column (1-based) at the collection that crosses the limit. */
 static int too_deep(const char *text, size_t len, int *line, int *column) {
-  int depth = 0, l = 1, col = 1;
-  char quote = 0;
-  for (size_t i = 0; i < len; i++, col++) {
-    char ch = text[i];
-    if (ch == '\n') {
-      l++;
-      col = 0;
-      continue;
-    }
-    if (quote) {
-      if (quote == '"' && ch == '\\' && i + 1 < len && text[i + 1] != '\n') i++, col++;
-      else if (ch == quote) quote = 0;
-      continue;
-    }
-    if (ch == '"' || ch == '\'') {
-      quote = ch;
-    } else if (ch == '#' && (i == 0 || text[i - 1] == ' ' || text[i - 1] == '\t' || text[i - 1] == '\n')) {
-      while (i + 1 < len && text[i + 1] != '\n') i++, col++;
-    } else if (ch == '[' || ch == '{') {
+  yaml_parser_t p;
+  if (!yaml_parser_initialize(&p)) return 0;
+  yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+  int depth = 0, found = 0;
+  for (;;) {
+    yaml_event_t ev;
+    if (!yaml_parser_parse(&p, &ev)) break;
+    yaml_event_type_t type = ev.type;
+    if (type == YAML_SEQUENCE_START_EVENT || type == YAML_MAPPING_START_EVENT) {
       if (++depth > MAX_FLOW_DEPTH) {
-        *line = l;
-        *column = col;
-        return 1;
+        *line = (int)ev.start_mark.line + 1;
+        *column = (int)ev.start_mark.column + 1;
+        found = 1;
       }
-    } else if ((ch == ']' || ch == '}') && depth > 0) {
+    } else if (type == YAML_SEQUENCE_END_EVENT || type == YAML_MAPPING_END_EVENT) {
       depth--;
     }
+    yaml_event_delete(&ev);
+    if (found || type == YAML_STREAM_END_EVENT) break;
   }
-  return 0;
+  yaml_parser_delete(&p);
+  return found;
 }
 
 rv_err_t rv_topology_parse(const char *name, const char *text, size_t len, rv_topology_t *out,
@@ -862,7 +858,7 @@ rv_err_t rv_topology_parse(const char *name, const char *text, size_t len, rv_to
   int deep_line, deep_column;
   if (too_deep(text, len, &deep_line, &deep_column)) {
     char msg[128];
-    snprintf(msg, sizeof msg, "flow collections ([ ] or { }) nested deeper than %d levels", MAX_FLOW_DEPTH);
+    snprintf(msg, sizeof msg, "collections nested deeper than %d levels", MAX_FLOW_DEPTH);
     return diags_add(diags, name, deep_line, deep_column, msg) ? RV_ERR_NOMEM : RV_ERR_CONFIG;
   }
 

@@ -454,6 +454,34 @@ static void test_jsonl_bad(void **state) {
   rv_source_close(s);
 }
 
+/* A NUL byte inside a line is an error at that line, not a silent cut that
+ * glues the next line onto the rest. */
+static void test_jsonl_nul_byte(void **state) {
+  static const char text[] = "{\"id\":\"a\"}\0junk\n{\"id\":\"b\"}\n";
+  write_file("nul.jsonl", text, sizeof text - 1);
+  rv_source_t *s = rv_source_open(path_of("nul.jsonl"), RV_SOURCE_AUTO, NULL, errstr, sizeof errstr);
+  assert_non_null(s);
+  rv_vector_record_t r;
+  rv_vector_record_init(&r);
+  assert_int_equal(rv_source_next(s, &r, errstr, sizeof errstr), RV_ERR_CORRUPT);
+  if (!strstr(errstr, "nul.jsonl:1: the line contains a NUL byte")) fail_msg("errstr \"%s\"", errstr);
+  assert_null(r.id);
+  rv_source_close(s);
+
+  /* no newline at the end: the last line still counts */
+  static const char nonl[] = "{\"id\":\"a\"}\n{\"id\":\"b\"}";
+  write_file("nonl.jsonl", nonl, sizeof nonl - 1);
+  s = rv_source_open(path_of("nonl.jsonl"), RV_SOURCE_AUTO, NULL, errstr, sizeof errstr);
+  assert_non_null(s);
+  assert_int_equal(rv_source_next(s, &r, errstr, sizeof errstr), 1);
+  assert_string_equal(r.id, "a");
+  assert_int_equal(rv_source_next(s, &r, errstr, sizeof errstr), 1);
+  assert_string_equal(r.id, "b");
+  assert_int_equal(rv_source_next(s, &r, errstr, sizeof errstr), 0);
+  rv_vector_record_close(&r);
+  rv_source_close(s);
+}
+
 /* Lines longer than the initial 64 KiB line buffer. */
 static void test_jsonl_long_line(void **state) {
   const int dim = 20000;
@@ -523,6 +551,7 @@ int main(void) {
       cmocka_unit_test(test_jsonl_good),
       cmocka_unit_test(test_jsonl_bad),
       cmocka_unit_test(test_jsonl_long_line),
+      cmocka_unit_test(test_jsonl_nul_byte),
       cmocka_unit_test(test_fashion_mnist),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -518,7 +518,7 @@ static void test_unreadable_file(void **state) {
   rv_diags_close(&d);
 }
 
-/* libyaml is quadratic in flow nesting: deep "[[[[" is refused before it runs,
+/* libyaml is quadratic in flow nesting: deep "[[[[" is refused before the document is loaded,
  * at the bracket that crosses the limit; brackets in quotes and comments do not count. */
 static void test_deep_flow_nesting_is_refused(void **state) {
   (void)state;
@@ -527,7 +527,14 @@ static void test_deep_flow_nesting_is_refused(void **state) {
   strcpy(text, "name: m\nregions: ");
   size_t at = strlen(text);
   memset(text + at, '[', 70);
-  assert_one_problem(text, 2, (int)(strlen("regions: ") + 65), "nested deeper than 64 levels");
+  /* the top-level mapping is level 1, so the 64th bracket is level 65 */
+  assert_one_problem(text, 2, (int)(strlen("regions: ") + 64), "nested deeper than 64 levels");
+  /* a quote inside a plain scalar opens no quoted scalar: the brackets after it still count */
+  memset(text, 0, sizeof text);
+  strcpy(text, "name: m\nregions: [a', ");
+  at = strlen(text);
+  memset(text + at, '[', 70);
+  assert_one_problem(text, 2, (int)(strlen("regions: [a', ") + 63), "nested deeper than 64 levels");
 
   char quoted[1024];
   char brackets[201];
