@@ -107,6 +107,24 @@ class Env:
                 raise TestFailure(f"{p.rv_name} did not stop within {timeout}s of SIGTERM")
         return p.returncode
 
+    def start_pipeline(self, topology, collection, partitions=3, extra_args=(), endpoints_env=None):
+        """Starts `ruvector broker` (collection's topics) and `ruvector pipeline
+        run topology` with RV_BOOTSTRAP, RV_DATA_DIR and RV_ENDPOINTS set, and
+        waits for the endpoints file. Returns (broker, pipeline, endpoints dict)."""
+        bootstrap_file = self.path("bootstrap")
+        broker = self.start([self.ruvector, "broker", "--collection", f"{collection}:{partitions}",
+                             "--bootstrap-file", bootstrap_file], "broker")
+        bootstrap = wait_for("broker bootstrap file", lambda: open(bootstrap_file).read().strip(), 30,
+                             alive=[broker])
+        endpoints_file = self.path("endpoints.json")
+        env = {"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": self.path("data"),
+               "RV_ENDPOINTS": endpoints_env or endpoints_file}
+        pipeline = self.start([self.ruvector, "pipeline", "run", topology] + list(extra_args), "pipeline", env=env)
+        ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file),
+                      90, alive=[pipeline, broker])
+        check(ep["kafka"]["bootstrap"] == bootstrap, f"endpoints bootstrap {ep['kafka']['bootstrap']} != {bootstrap}")
+        return broker, pipeline, ep
+
     def close(self, keep_logs_on_failure=False):
         for p in reversed(self.procs):
             if p.poll() is None:

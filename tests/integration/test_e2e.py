@@ -7,7 +7,7 @@ import json
 import os
 
 from harness import (FASHION, WsClient, check, collection_count, exact_knn, http_json, load_idx_images,
-                     load_idx_labels, log, main, psql, read_endpoints, same_neighbours, wait_for)
+                     load_idx_labels, log, main, psql, same_neighbours, wait_for)
 
 N = 2000
 Q = 20
@@ -17,19 +17,8 @@ PREFIX = "fm-"
 
 def run(env):
     topo = os.path.join(env.source_dir, "tests", "integration", "e2e.yaml")
-    bootstrap_file = env.path("bootstrap")
-    broker = env.start([env.ruvector, "broker", "--collection", "fashion:3", "--bootstrap-file", bootstrap_file],
-                       "broker")
-    bootstrap = wait_for("broker bootstrap file", lambda: open(bootstrap_file).read().strip(), 30,
-                         alive=[broker])
-    log(f"bootstrap {bootstrap}")
-
+    broker, pipeline, ep = env.start_pipeline(topo, "fashion")
     endpoints_file = env.path("endpoints.json")
-    pipe_env = {"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"), "RV_ENDPOINTS": endpoints_file}
-    pipeline = env.start([env.ruvector, "pipeline", "run", topo], "pipeline", env=pipe_env)
-    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90,
-        alive=[pipeline, broker])
-    check(ep["kafka"]["bootstrap"] == bootstrap, f"endpoints bootstrap {ep['kafka']['bootstrap']} != {bootstrap}")
     check(ep["collections"]["fashion"]["source_topic"] == "fashion.vectors", "source topic in endpoints")
     check(ep["ws"].startswith("ws://127.0.0.1:"), f"ws url {ep['ws']}")
     check(http_json(ep["http"] + "health")["status"] == "ok", "/health")

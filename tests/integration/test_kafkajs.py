@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 
-from harness import WsClient, check, collection_count, log, main, psql, read_endpoints, wait_for
+from harness import WsClient, check, collection_count, log, main, psql, wait_for
 
 DIM = 16
 N = 50
@@ -37,17 +37,8 @@ def run(env):
     topo = env.path("kafkajs.yaml")
     with open(topo, "w") as f:
         f.write(TOPOLOGY)
-    bootstrap_file = env.path("bootstrap")
-    broker = env.start([env.ruvector, "broker", "--collection", "kj:3", "--bootstrap-file", bootstrap_file],
-                       "broker")
-    bootstrap = wait_for("bootstrap file", lambda: open(bootstrap_file).read().strip(), 30,
-                         alive=[broker])
-    endpoints_file = env.path("endpoints.json")
-    pipeline = env.start([env.ruvector, "pipeline", "run", topo], "pipeline",
-                         env={"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"),
-                              "RV_ENDPOINTS": endpoints_file})
-    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90,
-        alive=[pipeline, broker])
+    broker, pipeline, ep = env.start_pipeline(topo, "kj")
+    bootstrap = ep["kafka"]["bootstrap"]
 
     r = subprocess.run(["node", os.path.join(node_dir, "kafkajs_client.js"), bootstrap, "kj",
                         os.path.join(env.source_dir, "schemas"), str(N), str(DIM)],

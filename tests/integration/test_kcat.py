@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 
-from harness import WsClient, check, collection_count, log, main, psql, read_endpoints, wait_for
+from harness import WsClient, check, collection_count, log, main, psql, wait_for
 
 DIM = 8
 N_PLAIN = 20
@@ -64,26 +64,17 @@ def run(env):
     topo = env.path("kcat.yaml")
     with open(topo, "w") as f:
         f.write(TOPOLOGY)
-    bootstrap_file = env.path("bootstrap")
-    broker = env.start([env.ruvector, "broker", "--collection", "tiny:3", "--bootstrap-file", bootstrap_file],
-                       "broker")
-    bootstrap = wait_for("bootstrap file", lambda: open(bootstrap_file).read().strip(), 30,
-                         alive=[broker])
+    # --endpoints overrides the topology's endpoints_file (RV_ENDPOINTS here).
+    broker, pipeline, ep = env.start_pipeline(topo, "tiny", extra_args=["--endpoints", env.path("endpoints.json")],
+                                              endpoints_env=env.path("not-here.json"))
+    check(not os.path.exists(env.path("not-here.json")), "endpoints written to the topology's path, not --endpoints")
+    bootstrap = ep["kafka"]["bootstrap"]
 
     listing = kcat(["-b", bootstrap, "-L"])
     check(" 3 brokers:" in listing, f"kcat -L does not show 3 brokers:\n{listing}")
     for t in ("tiny.vectors", "tiny.changelog", "tiny.dlq"):
         check(f'topic "{t}" with 3 partitions' in listing, f"kcat -L lacks {t}:\n{listing}")
     log("kcat -L lists the broker's topics")
-
-    endpoints_file = env.path("endpoints.json")
-    # --endpoints overrides the topology's endpoints_file.
-    pipeline = env.start([env.ruvector, "pipeline", "run", topo, "--endpoints", endpoints_file], "pipeline",
-                         env={"RV_BOOTSTRAP": bootstrap, "RV_DATA_DIR": env.path("data"),
-                              "RV_ENDPOINTS": env.path("not-here.json")})
-    ep = wait_for("endpoints file", lambda: os.path.exists(endpoints_file) and read_endpoints(endpoints_file), 90,
-        alive=[pipeline, broker])
-    check(not os.path.exists(env.path("not-here.json")), "endpoints written to the topology's path, not --endpoints")
 
     rng = np.random.default_rng(7)
     vectors = {}

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tmpdir.h"
 #include "rv_broker.h"
 #include "rv_produce.h"
 #include "rv_record.h"
@@ -31,24 +32,11 @@ static char dir[256];
 static char errstr[1024];
 static pid_t child = -1;
 
-static int group_setup(void **state) {
-  snprintf(dir, sizeof dir, "/tmp/rv_test_produce.XXXXXX");
-  return mkdtemp(dir) ? 0 : -1;
-}
+static int group_setup(void **state) { return tmpdir_make(dir, sizeof dir, "rv_test_produce"); }
 
-static int group_teardown(void **state) {
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  return system(cmd) == 0 ? 0 : -1;
-}
+static int group_teardown(void **state) { return tmpdir_remove(dir); }
 
-static const char *path_of(const char *name) {
-  static char p[4][512];
-  static int i;
-  i = (i + 1) % 4;
-  snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-  return p[i];
-}
+static const char *path_of(const char *name) { return tmpdir_path(dir, name); }
 
 /* ---- inputs ------------------------------------------------------------- */
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "tmpdir.h"
 #include "rv_source.h"
 
 #ifndef RV_FASHION_DIR
@@ -21,24 +22,11 @@
 static char dir[256];
 static char errstr[512];
 
-static int setup(void **state) {
-  snprintf(dir, sizeof dir, "/tmp/rv_test_source.XXXXXX");
-  return mkdtemp(dir) ? 0 : -1;
-}
+static int setup(void **state) { return tmpdir_make(dir, sizeof dir, "rv_test_source"); }
 
-static int teardown(void **state) {
-  char cmd[300];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-  return system(cmd) == 0 ? 0 : -1;
-}
+static int teardown(void **state) { return tmpdir_remove(dir); }
 
-static const char *path_of(const char *name) {
-  static char p[4][512];
-  static int i;
-  i = (i + 1) % 4;
-  snprintf(p[i], sizeof p[i], "%s/%s", dir, name);
-  return p[i];
-}
+static const char *path_of(const char *name) { return tmpdir_path(dir, name); }
 
 /* Writes bytes to dir/name, gzipped when the name ends in .gz. */
 static void write_file(const char *name, const void *data, size_t len) {
