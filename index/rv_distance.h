@@ -1,0 +1,39 @@
+#ifndef RV_DISTANCE_H
+#define RV_DISTANCE_H
+/* Distance kernels: a scalar reference and SIMD versions (AVX2, AVX-512),
+ * chosen at run time from what the CPU has. libc only.
+ *
+ * Every kernel of an ISA computes the same quantity as the scalar one, up to
+ * float rounding (summation order differs); tests/index/test_distance.c holds
+ * them to that. Pointers need no alignment; n may be any value >= 0. */
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  RV_ISA_SCALAR = 0,
+  RV_ISA_AVX2 = 1,   /* AVX2 + FMA */
+  RV_ISA_AVX512 = 2, /* AVX-512 F + BW + VL */
+  RV_ISA_BEST = 3    /* the best the running CPU supports */
+} rv_isa_t;
+
+typedef struct rv_kernels {
+  const char *isa; /* "scalar", "avx2", "avx512" */
+  /* sum (a[i] - b[i])^2 */
+  float (*l2sq)(const float *a, const float *b, size_t n);
+  /* sum a[i] * b[i] */
+  float (*dot)(const float *a, const float *b, size_t n);
+  /* SQ8, asymmetric (float query against a code):
+   * sum w[i] * (q[i] - c[i])^2, with q already in code units (see rv_sq8.h). */
+  float (*sq8_l2)(const float *q, const uint8_t *c, const float *w, size_t n);
+  /* sum q[i] * c[i] */
+  float (*sq8_dot)(const float *q, const uint8_t *c, size_t n);
+  /* PQ asymmetric distance: sum over j < m of table[j * 256 + code[j]]. */
+  float (*pq_adc)(const float *table, const uint8_t *code, size_t m);
+} rv_kernels_t;
+
+/* The kernel table for isa; RV_ISA_BEST picks from CPUID. Returns NULL if the
+ * running CPU (or this build) lacks the ISA. The tables are static constants:
+ * the pointer stays valid for the life of the process. Thread: any. */
+const rv_kernels_t *rv_kernels_get(rv_isa_t isa);
+
+#endif
