@@ -1,7 +1,11 @@
 #include "rv_distance.h"
 
-/* Scalar reference kernels. The SIMD versions live in rv_distance_avx2.c and
- * rv_distance_avx512.c (compiled with target attributes, picked here). */
+#include "rv_distance_isa.h"
+
+/* Scalar reference kernels: the definition every SIMD version is tested
+ * against, so they stay plain loops. The SIMD versions live in
+ * rv_distance_avx2.c and rv_distance_avx512.c (each compiled with its own ISA
+ * flags) and are picked here after a CPU check. */
 
 static float l2sq_scalar(const float *a, const float *b, size_t n) {
   float s = 0;
@@ -41,10 +45,36 @@ static float pq_adc_scalar(const float *table, const uint8_t *code, size_t m) {
 
 static const rv_kernels_t scalar = {"scalar", l2sq_scalar, dot_scalar, sq8_l2_scalar, sq8_dot_scalar, pq_adc_scalar};
 
+#if defined(RV_DISTANCE_X86)
+/* __builtin_cpu_supports also checks that the OS saves the YMM/ZMM state
+ * (XGETBV), so a CPU with AVX-512 under a kernel that disabled it reads as
+ * unsupported. __builtin_cpu_init is idempotent and only needed when called
+ * before constructors run, which a static library cannot rule out. */
+static int have_avx2(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+static int have_avx512(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+}
+#endif
+
 const rv_kernels_t *rv_kernels_get(rv_isa_t isa) {
   switch (isa) {
-  case RV_ISA_SCALAR:
+  case RV_ISA_SCALAR: return &scalar;
+#if defined(RV_DISTANCE_X86)
+  case RV_ISA_AVX2: return have_avx2() ? &rv__kernels_avx2 : NULL;
+  case RV_ISA_AVX512: return have_avx512() ? &rv__kernels_avx512 : NULL;
+  case RV_ISA_BEST:
+    if (have_avx512()) return &rv__kernels_avx512;
+    if (have_avx2()) return &rv__kernels_avx2;
+    return &scalar;
+#else
   case RV_ISA_BEST: return &scalar;
+#endif
   default: return NULL;
   }
 }
