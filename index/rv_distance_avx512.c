@@ -1,11 +1,13 @@
-/* AVX-512 (F + BW + VL) kernels. This file is compiled with
- * -mavx512f -mavx512bw -mavx512vl -mfma (see index/CMakeLists.txt) and reached
- * only through rv_kernels_get after a CPU check.
+/* AVX-512 (F + BW + VL) kernels, and one AVX512_VNNI variant. This file is
+ * compiled with -mavx512f -mavx512bw -mavx512vl -mfma (see
+ * index/CMakeLists.txt) and reached only through rv_kernels_get after a CPU
+ * check.
  *
- * Shape of every kernel: four independent accumulators over 64 elements per
+ * Shape of every float kernel: four independent accumulators over 64 elements per
  * step (hides the 4-cycle FMA latency on two FMA ports), then single 16-wide
  * steps, then one masked step for the last n % 16 elements; masked loads do not
- * fault on the lanes they skip, so no scalar tail and no over-read. */
+ * fault on the lanes they skip, so no scalar tail and no over-read. The
+ * integer sq8_dot_i16 works 32 elements (one zmm of int16) per step. */
 #include <immintrin.h>
 
 #include "rv_distance_isa.h"
@@ -141,5 +143,80 @@ static float pq_adc_avx512(const float *table, const uint8_t *code, size_t m) {
   return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-const rv_kernels_t rv__kernels_avx512 = {"avx512", l2sq_avx512, dot_avx512, sq8_l2_avx512, sq8_dot_avx512,
-                                         pq_adc_avx512};
+/* 32 codes at c, zero-extended to int16 (vpmovzxbw). */
+static inline __m512i codes32_i16(const uint8_t *c) {
+  return _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)c));
+}
+
+/* The last rem (1..31) query words and codes, zero beyond rem. */
+static inline __mmask32 tail_mask32(size_t rem) { return (__mmask32)((1u << rem) - 1u); }
+
+/* vpmaddwd + vpaddd: lane j of a madd is q[2j] c[2j] + q[2j+1] c[2j+1], at
+ * most 2 * 32768 * 255 in magnitude, so it never saturates, and vpaddd wraps
+ * like the scalar reference's uint32 sum. The add chain has 1-cycle latency;
+ * the accumulators let the widenings (port 5) and madds (port 0) of
+ * consecutive steps overlap. */
+static int32_t sq8_dot_i16_avx512(const int16_t *q, const uint8_t *c, size_t n) {
+#define STEP(s, off) \
+  s = _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_loadu_si512(q + i + (off)), codes32_i16(c + i + (off))))
+  __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+  __m512i s2 = _mm512_setzero_si512(), s3 = _mm512_setzero_si512();
+  size_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    STEP(s0, 0);
+    STEP(s1, 32);
+    STEP(s2, 64);
+    STEP(s3, 96);
+  }
+  for (; i + 64 <= n; i += 64) {
+    STEP(s0, 0);
+    STEP(s1, 32);
+  }
+  for (; i + 32 <= n; i += 32) STEP(s2, 0);
+  if (i < n) { /* never taken for the padded lengths of rv_sq8.h */
+    __mmask32 k = tail_mask32(n - i);
+    __m512i cq = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(k, c + i));
+    s3 = _mm512_add_epi32(s3, _mm512_madd_epi16(_mm512_maskz_loadu_epi16(k, q + i), cq));
+  }
+#undef STEP
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3)));
+}
+
+/* The same with vpdpwssd (AVX512_VNNI: madd and add in one instruction, also
+ * non-saturating). Its 4-5 cycle latency is the loop-carried one now, hence
+ * four accumulators in the main loop. This one function is compiled for
+ * VNNI through the target attribute (the file's flags stay F + BW + VL), and
+ * reached only through rv__kernels_avx512_vnni, which rv_kernels_get hands
+ * out after checking the CPU for avx512vnni. */
+__attribute__((target("avx512vnni"))) static int32_t sq8_dot_i16_avx512_vnni(const int16_t *q, const uint8_t *c,
+                                                                             size_t n) {
+#define STEP(s, off) s = _mm512_dpwssd_epi32(s, _mm512_loadu_si512(q + i + (off)), codes32_i16(c + i + (off)))
+  __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+  __m512i s2 = _mm512_setzero_si512(), s3 = _mm512_setzero_si512();
+  size_t i = 0;
+  for (; i + 128 <= n; i += 128) {
+    STEP(s0, 0);
+    STEP(s1, 32);
+    STEP(s2, 64);
+    STEP(s3, 96);
+  }
+  for (; i + 64 <= n; i += 64) {
+    STEP(s0, 0);
+    STEP(s1, 32);
+  }
+  for (; i + 32 <= n; i += 32) STEP(s2, 0);
+  if (i < n) {
+    __mmask32 k = tail_mask32(n - i);
+    __m512i cq = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(k, c + i));
+    s3 = _mm512_dpwssd_epi32(s3, _mm512_maskz_loadu_epi16(k, q + i), cq);
+  }
+#undef STEP
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3)));
+}
+
+const rv_kernels_t rv__kernels_avx512 = {"avx512",       l2sq_avx512,   dot_avx512,        sq8_l2_avx512,
+                                         sq8_dot_avx512, pq_adc_avx512, sq8_dot_i16_avx512};
+
+/* Identical but for sq8_dot_i16: the float kernels gain nothing from VNNI. */
+const rv_kernels_t rv__kernels_avx512_vnni = {"avx512vnni",   l2sq_avx512,   dot_avx512,             sq8_l2_avx512,
+                                              sq8_dot_avx512, pq_adc_avx512, sq8_dot_i16_avx512_vnni};

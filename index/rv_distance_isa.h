@@ -9,6 +9,8 @@
 #if defined(RV_DISTANCE_X86)
 extern const rv_kernels_t rv__kernels_avx2;   /* AVX2 + FMA */
 extern const rv_kernels_t rv__kernels_avx512; /* AVX-512 F + BW + VL, FMA */
+/* rv__kernels_avx512 with sq8_dot_i16 on vpdpwssd; needs AVX512_VNNI too. */
+extern const rv_kernels_t rv__kernels_avx512_vnni;
 #endif
 
 #endif

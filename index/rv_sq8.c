@@ -201,6 +201,75 @@ float rv_sq8_prepare_ip(const rv_sq8_t *q, const float *query, float *out) {
   return (float)k;
 }
 
+float rv_sq8_code_norm(const rv_sq8_t *q, const uint8_t *code) {
+  double b = 0;
+  for (int i = 0; i < q->dim; i++) b += (double)q->w[i] * code[i] * code[i];
+  return (float)b;
+}
+
+/* Largest sum |u_i| with 255 * sum |u_i| <= INT32_MAX. */
+#define U_SUM_MAX (INT32_MAX / 255)
+
+/* v_i of query for the L2 (ip = 0) or inner-product form; *t gets q_i - min_i
+ * (L2) or q_i min_i (ip). Both passes of prepare call it, so they see the very
+ * same doubles. */
+static inline double cross_weight(const rv_sq8_t *q, const float *query, int i, int ip, double *t) {
+  if (ip) {
+    *t = (double)query[i] * q->min[i];
+    return (double)query[i] * q->scale[i];
+  }
+  *t = (double)query[i] - q->min[i];
+  return q->scale[i] * *t;
+}
+
+/* Shared by both prepares: A or K into a, u into buf. */
+static rv_err_t prepare(const rv_sq8_t *q, const float *query, int16_t *buf, rv_sq8_query_t *out, int ip) {
+  int dim = q->dim;
+  double a = 0, vmax = 0, vsum = 0, t;
+  for (int i = 0; i < dim; i++) {
+    if (!isfinite(query[i])) return RV_ERR_INVALID;
+    double v = fabs(cross_weight(q, query, i, ip, &t));
+    a += ip ? t : t * t;
+    vsum += v;
+    if (v > vmax) vmax = v;
+  }
+  if (!isfinite((float)a)) return RV_ERR_INVALID;
+  /* Rounding adds at most 1/2 per element to sum |s v_i|, and the sums above
+   * carry relative error ~dim * 2^-53: keep dim / 2 + 1 in reserve. Past
+   * dim ~16.8 million nothing is left. */
+  double budget = (double)U_SUM_MAX - 0.5 * dim - 1;
+  double s = 1;
+  if (vmax > 0) {
+    s = 32767.0 / vmax;
+    if (budget <= 0) return RV_ERR_INVALID;
+    if (budget / vsum < s) s = budget / vsum;
+  }
+  double rerr = 0;
+  for (int i = 0; i < dim; i++) {
+    double x = s * cross_weight(q, query, i, ip, &t), r = nearbyint(x);
+    if (r > 32767) r = 32767;
+    if (r < -32767) r = -32767;
+    buf[i] = (int16_t)r;
+    rerr += fabs(r - x);
+  }
+  size_t n = rv_sq8_code_size(dim);
+  for (size_t i = (size_t)dim; i < n; i++) buf[i] = 0;
+  out->u = buf;
+  out->n = n;
+  out->a = (float)a;
+  out->scale = (float)((ip ? 1 : 2) / s);
+  out->err = (float)((ip ? 255.0 : 510.0) / s * rerr * (1 + 1e-6));
+  return RV_OK;
+}
+
+rv_err_t rv_sq8_query_prepare_l2(const rv_sq8_t *q, const float *query, int16_t *buf, rv_sq8_query_t *out) {
+  return prepare(q, query, buf, out, 0);
+}
+
+rv_err_t rv_sq8_query_prepare_ip(const rv_sq8_t *q, const float *query, int16_t *buf, rv_sq8_query_t *out) {
+  return prepare(q, query, buf, out, 1);
+}
+
 rv_err_t rv_sq8_serialize(const rv_sq8_t *q, uint8_t **buf, size_t *len) {
   size_t body = body_size(q->dim);
   uint8_t *p = malloc(body + 4);

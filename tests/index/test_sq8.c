@@ -214,6 +214,337 @@ static void test_prepared_distances(void **state) {
   free(code);
 }
 
+/* ---- integer asymmetric distances ---- */
+
+static rv_sq8_t *small_quantizer(int dim, uint64_t seed);
+
+static const rv_isa_t all_isas[] = {RV_ISA_SCALAR, RV_ISA_AVX2, RV_ISA_AVX512, RV_ISA_AVX512_VNNI};
+#define N_ALL_ISAS (sizeof all_isas / sizeof all_isas[0])
+
+/* Fashion-MNIST-like rows: 28x28-ish pixels in 0..255, about half exactly 0,
+ * drawn around one of ten class patterns. */
+static void image_like(uint64_t *s, float *x, size_t n, int dim) {
+  float *pat = malloc(sizeof(float) * 10 * (size_t)dim);
+  assert_non_null(pat);
+  for (size_t i = 0; i < 10 * (size_t)dim; i++) pat[i] = tu_float(s) < 0 ? 0 : 255 * (0.5f + 0.5f * tu_float(s));
+  for (size_t r = 0; r < n; r++) {
+    const float *p = pat + (tu_next(s) % 10) * (size_t)dim;
+    float bright = 0.6f + 0.4f * fabsf(tu_float(s));
+    for (int i = 0; i < dim; i++) {
+      float v = p[i] == 0 ? 0 : p[i] * bright + 40 * tu_float(s);
+      x[r * (size_t)dim + (size_t)i] = v < 0 ? 0 : v > 255 ? 255 : roundf(v);
+    }
+  }
+  free(pat);
+}
+
+/* The exact distances to the decoded vector (min_i + c_i scale_i, in double)
+ * and, in *mag, A + B + 2 |cross| (L2) or |K| + sum |v_i c_i| (ip): what the
+ * float rounding of the final sum is relative to. */
+static double exact_l2(const rv_sq8_t *q, const float *query, const uint8_t *code, double *mag) {
+  const float *mn = rv_sq8_min(q), *sc = rv_sq8_scale(q);
+  double d = 0, a = 0, b = 0, x = 0;
+  for (int i = 0; i < rv_sq8_dim(q); i++) {
+    double t = (double)query[i] - mn[i], dec = (double)mn[i] + code[i] * (double)sc[i];
+    d += ((double)query[i] - dec) * ((double)query[i] - dec);
+    a += t * t;
+    b += (double)sc[i] * sc[i] * code[i] * code[i];
+    x += fabs(sc[i] * t * code[i]);
+  }
+  *mag = a + b + 2 * x;
+  return d;
+}
+
+static double exact_ip(const rv_sq8_t *q, const float *query, const uint8_t *code, double *mag) {
+  const float *mn = rv_sq8_min(q), *sc = rv_sq8_scale(q);
+  double d = 0, k = 0, x = 0;
+  for (int i = 0; i < rv_sq8_dim(q); i++) {
+    d += (double)query[i] * ((double)mn[i] + code[i] * (double)sc[i]);
+    k += (double)query[i] * mn[i];
+    x += fabs((double)query[i] * sc[i] * code[i]);
+  }
+  *mag = fabs(k) + x;
+  return d;
+}
+
+/* The prepared query's invariants: the padding contract and the overflow
+ * bound that makes the int32 sum exact. */
+static void check_query(const rv_sq8_t *q, const rv_sq8_query_t *qy, const int16_t *buf) {
+  int dim = rv_sq8_dim(q);
+  assert_ptr_equal(qy->u, buf);
+  assert_int_equal(qy->n, rv_sq8_code_size(dim));
+  assert_int_equal(qy->n % 64, 0);
+  assert_true(qy->n >= (size_t)dim && qy->n < (size_t)dim + 64);
+  int64_t sum = 0;
+  int umax = 0;
+  for (size_t i = 0; i < qy->n; i++) {
+    if (i >= (size_t)dim && buf[i] != 0) fail_msg("u[%zu] = %d past dim %d", i, buf[i], dim);
+    int a = abs(buf[i]);
+    sum += a;
+    if (a > umax) umax = a;
+  }
+  assert_true(umax <= 32767);
+  if (255 * sum > INT32_MAX) fail_msg("255 * sum |u| = %lld > INT32_MAX", (long long)(255 * sum));
+  assert_true(qy->err >= 0 && isfinite(qy->err) && isfinite(qy->a) && qy->scale > 0);
+}
+
+/* rv_sq8_distance_l2 and rv_sq8_inner_product are within the stated bound
+ * (err + 2^-21 * magnitude) of the exact distance to the decoded vector, for
+ * data queries and out-of-range random ones; bit-identical across ISAs (the
+ * integer sum is exact everywhere); the code's padding bytes do not matter;
+ * and on image-like data the error is tiny next to the distances. */
+static void test_integer_distances(void **state) {
+  (void)state;
+  enum { N = 600, D = 784 };
+  size_t np = rv_sq8_code_size(D);
+  assert_int_equal(np, 832);
+  float *x = malloc(sizeof(float) * N * D), *qv = malloc(sizeof(float) * D), *qp = malloc(sizeof(float) * D);
+  int16_t *buf = aligned_alloc(64, np * sizeof(int16_t));
+  uint8_t *code = aligned_alloc(64, np), *code2 = aligned_alloc(64, np);
+  assert_true(x && qv && qp && buf && code && code2);
+  uint64_t s = 21;
+  image_like(&s, x, N, D);
+  rv_sq8_t *q = train_ok(x, N, D, RV_SQ8_LO_Q_DEFAULT, RV_SQ8_HI_Q_DEFAULT);
+  double worst_rel = 0, worst_err_rel = 0, worst_abs = 0, dsum = 0;
+  int dcount = 0;
+  for (int trial = 0; trial < 24; trial++) {
+    if (trial % 2) memcpy(qv, x + (size_t)(trial + 300) * D, sizeof(float) * D);
+    else
+      for (int i = 0; i < D; i++) qv[i] = 150 * tu_float(&s) + 100; /* partly outside [0, 255] */
+    rv_sq8_query_t ql, qi;
+    assert_int_equal(rv_sq8_query_prepare_l2(q, qv, buf, &ql), RV_OK);
+    check_query(q, &ql, buf);
+    /* err is at most the per-element worst case 255 dim / s */
+    assert_true(ql.err <= 255.0 * D * ql.scale / 2 * (1 + 1e-5));
+    int16_t *bufi = aligned_alloc(64, np * sizeof(int16_t));
+    assert_non_null(bufi);
+    assert_int_equal(rv_sq8_query_prepare_ip(q, qv, bufi, &qi), RV_OK);
+    check_query(q, &qi, bufi);
+    for (int r = 0; r < N; r += 7) {
+      rv_sq8_encode(q, x + (size_t)r * D, code);
+      memset(code + D, 0, np - D);
+      memcpy(code2, code, D);
+      memset(code2 + D, 0xA5, np - D); /* garbage padding: multiplied by u = 0 */
+      float norm = rv_sq8_code_norm(q, code);
+      double ref_norm = 0;
+      for (int i = 0; i < D; i++) ref_norm += (double)rv_sq8_l2_weights(q)[i] * code[i] * code[i];
+      assert_near(norm, ref_norm, 1e-6 * ref_norm);
+      double mag, mag_ip, l2 = exact_l2(q, qv, code, &mag), ip = exact_ip(q, qv, code, &mag_ip);
+      double tol = ql.err + 0x1p-21 * mag, tol_ip = qi.err + 0x1p-21 * mag_ip;
+      float first_l2 = 0, first_ip = 0;
+      for (size_t k = 0; k < N_ALL_ISAS; k++) {
+        const rv_kernels_t *kern = rv_kernels_get(all_isas[k]);
+        if (!kern) continue;
+        float d = rv_sq8_distance_l2(kern, &ql, code, norm), d2 = rv_sq8_distance_l2(kern, &ql, code2, norm);
+        float p = rv_sq8_inner_product(kern, &qi, code), p2 = rv_sq8_inner_product(kern, &qi, code2);
+        assert_true(d == d2 && p == p2);
+        if (k == 0) {
+          first_l2 = d;
+          first_ip = p;
+        } else if (d != first_l2 || p != first_ip) {
+          fail_msg("%s differs from scalar: l2 %.9g vs %.9g, ip %.9g vs %.9g", kern->isa, d, first_l2, p, first_ip);
+        }
+        if (!(fabs(d - l2) <= tol))
+          fail_msg("%s trial %d row %d: l2 %.9g, exact %.9g, bound %g (err %g)", kern->isa, trial, r, d, l2, tol,
+                   ql.err);
+        if (!(fabs(p - ip) <= tol_ip))
+          fail_msg("%s trial %d row %d: ip %.9g, exact %.9g, bound %g (err %g)", kern->isa, trial, r, p, ip, tol_ip,
+                   qi.err);
+        /* and the float path agrees within its own rounding plus err */
+        rv_sq8_prepare_l2(q, qv, qp);
+        assert_near(d, kern->sq8_l2(qp, code, rv_sq8_l2_weights(q), D), tol + 1e-5 * l2);
+      }
+      if (trial % 2) {
+        dsum += l2;
+        dcount++;
+        if (fabs(first_l2 - l2) > worst_abs) worst_abs = fabs(first_l2 - l2);
+      }
+    }
+    if (trial % 2) {
+      /* relative to the mean distance from this query to the data: a near
+       * duplicate's own distance is tiny and says nothing about ranking */
+      double mean = dsum / dcount;
+      if (worst_abs / mean > worst_rel) worst_rel = worst_abs / mean;
+      if (ql.err / mean > worst_err_rel) worst_err_rel = ql.err / mean;
+      dsum = 0;
+      dcount = 0;
+      worst_abs = 0;
+    }
+    free(bufi);
+  }
+  print_message("image-like data, data queries, relative to the mean distance: worst |error| %.3g, worst bound "
+                "err %.3g\n",
+                worst_rel, worst_err_rel);
+  /* what makes the integer path usable for search: errors far below the
+   * distances being compared */
+  assert_true(worst_rel < 1e-4 && worst_err_rel < 1e-2);
+  rv_sq8_destroy(q);
+  free(x);
+  free(qv);
+  free(qp);
+  free(buf);
+  free(code);
+  free(code2);
+}
+
+/* Ranking: every code whose exact distance beats the 10th best by more than
+ * twice the bound is in the integer top 10. */
+static void test_integer_ranking(void **state) {
+  (void)state;
+  enum { N = 2000, D = 784, K = 10 };
+  size_t np = rv_sq8_code_size(D);
+  float *x = malloc(sizeof(float) * (N + 1) * D), *dint = malloc(sizeof(float) * N);
+  double *dex = malloc(sizeof(double) * N), *sorted = malloc(sizeof(double) * N);
+  uint8_t *codes = aligned_alloc(64, np * N);
+  int16_t *buf = aligned_alloc(64, np * sizeof(int16_t));
+  assert_true(x && dint && dex && sorted && codes && buf);
+  uint64_t s = 5;
+  image_like(&s, x, N + 1, D);
+  rv_sq8_t *q = train_ok(x, N, D, RV_SQ8_LO_Q_DEFAULT, RV_SQ8_HI_Q_DEFAULT);
+  const float *qv = x + (size_t)N * D; /* not in the base */
+  rv_sq8_query_t qy;
+  assert_int_equal(rv_sq8_query_prepare_l2(q, qv, buf, &qy), RV_OK);
+  const rv_kernels_t *k = rv_kernels_get(RV_ISA_BEST);
+  double mag, maxtol = 0;
+  for (int r = 0; r < N; r++) {
+    uint8_t *c = codes + (size_t)r * np;
+    rv_sq8_encode(q, x + (size_t)r * D, c);
+    memset(c + D, 0, np - D);
+    dint[r] = rv_sq8_distance_l2(k, &qy, c, rv_sq8_code_norm(q, c));
+    sorted[r] = dex[r] = exact_l2(q, qv, c, &mag);
+    double tol = qy.err + 0x1p-21 * mag;
+    if (tol > maxtol) maxtol = tol;
+  }
+  for (int i = 0; i < K; i++) /* partial selection sort: sorted[0..K) ascending */
+    for (int j = i + 1; j < N; j++)
+      if (sorted[j] < sorted[i]) {
+        double t = sorted[i];
+        sorted[i] = sorted[j];
+        sorted[j] = t;
+      }
+  float int_kth; /* the K-th smallest integer distance */
+  {
+    float *tmp = malloc(sizeof(float) * N);
+    assert_non_null(tmp);
+    memcpy(tmp, dint, sizeof(float) * N);
+    for (int i = 0; i < K; i++)
+      for (int j = i + 1; j < N; j++)
+        if (tmp[j] < tmp[i]) {
+          float t = tmp[i];
+          tmp[i] = tmp[j];
+          tmp[j] = t;
+        }
+    int_kth = tmp[K - 1];
+    free(tmp);
+  }
+  int must = 0;
+  for (int r = 0; r < N; r++)
+    if (dex[r] + 2 * maxtol < sorted[K - 1]) {
+      must++;
+      if (!(dint[r] <= int_kth)) fail_msg("row %d (exact %.9g) missing from the integer top %d", r, dex[r], K);
+    }
+  print_message("top %d: %d of them separated by more than 2 x bound (%.3g) from the %d-th (%.6g)\n", K, must,
+                maxtol, K, sorted[K - 1]);
+  assert_true(must >= K / 2); /* the bound is tight enough to say something */
+  rv_sq8_destroy(q);
+  free(x);
+  free(dint);
+  free(dex);
+  free(sorted);
+  free(codes);
+  free(buf);
+}
+
+/* dim 65536 with a far query: the budget forces |u| down to the per-element
+ * limit 128 and sums to the edge of int32, codes all 255 and all 0; a query
+ * at min (u = 0, err = 0); small dims and their padding; NaN rejected. */
+static void test_integer_extremes(void **state) {
+  (void)state;
+  enum { D = 65536 };
+  float *x = malloc(sizeof(float) * 2 * D), *qv = malloc(sizeof(float) * D);
+  int16_t *buf = aligned_alloc(64, D * sizeof(int16_t));
+  uint8_t *code = malloc(D);
+  assert_true(x && qv && buf && code);
+  for (int i = 0; i < D; i++) {
+    x[i] = 0;
+    x[D + i] = 1;
+  }
+  rv_sq8_t *q = train_ok(x, 2, D, 0, 1);
+  assert_int_equal(rv_sq8_code_size(D), D);
+  for (int pass = 0; pass < 3; pass++) {
+    for (int i = 0; i < D; i++) qv[i] = pass == 0 ? 1000.0f : pass == 1 ? -1000.0f : (i & 1 ? 1000.0f : 0.0f);
+    rv_sq8_query_t ql, qi;
+    assert_int_equal(rv_sq8_query_prepare_l2(q, qv, buf, &ql), RV_OK);
+    check_query(q, &ql, buf);
+    int umax = 0;
+    for (int i = 0; i < D; i++) umax = abs(buf[i]) > umax ? abs(buf[i]) : umax;
+    if (pass < 2) assert_int_equal(umax, 128); /* uniform |v|: exactly the per-element limit */
+    int16_t *bufi = aligned_alloc(64, D * sizeof(int16_t));
+    assert_non_null(bufi);
+    assert_int_equal(rv_sq8_query_prepare_ip(q, qv, bufi, &qi), RV_OK);
+    check_query(q, &qi, bufi);
+    for (int cv = 0; cv < 3; cv++) {
+      for (int i = 0; i < D; i++) code[i] = cv == 0 ? 255 : cv == 1 ? 0 : (uint8_t)(i * 7);
+      float norm = rv_sq8_code_norm(q, code);
+      double mag, mag_ip, l2 = exact_l2(q, qv, code, &mag), ip = exact_ip(q, qv, code, &mag_ip);
+      for (size_t k = 0; k < N_ALL_ISAS; k++) {
+        const rv_kernels_t *kern = rv_kernels_get(all_isas[k]);
+        if (!kern) continue;
+        float d = rv_sq8_distance_l2(kern, &ql, code, norm), p = rv_sq8_inner_product(kern, &qi, code);
+        if (!(fabs(d - l2) <= ql.err + 0x1p-21 * mag))
+          fail_msg("%s pass %d codes %d: l2 %.9g exact %.9g err %g", kern->isa, pass, cv, d, l2, ql.err);
+        if (!(fabs(p - ip) <= qi.err + 0x1p-21 * mag_ip))
+          fail_msg("%s pass %d codes %d: ip %.9g exact %.9g err %g", kern->isa, pass, cv, p, ip, qi.err);
+      }
+    }
+    free(bufi);
+  }
+  /* the query at min: v = 0, u = 0, no rounding error; distance = B(c) */
+  memset(qv, 0, sizeof(float) * D);
+  rv_sq8_query_t qz;
+  assert_int_equal(rv_sq8_query_prepare_l2(q, qv, buf, &qz), RV_OK);
+  assert_true(qz.err == 0 && qz.a == 0);
+  for (int i = 0; i < D; i++) assert_int_equal(buf[i], 0);
+  for (int i = 0; i < D; i++) code[i] = (uint8_t)i;
+  float nz = rv_sq8_code_norm(q, code);
+  assert_true(rv_sq8_distance_l2(rv_kernels_get(RV_ISA_BEST), &qz, code, nz) == nz);
+  /* NaN or infinity: RV_ERR_INVALID, out untouched */
+  rv_sq8_query_t keep = {NULL, 7, 1.5f, 2.5f, 3.5f}, o = keep;
+  qv[D - 1] = NAN;
+  assert_int_equal(rv_sq8_query_prepare_l2(q, qv, buf, &o), RV_ERR_INVALID);
+  qv[D - 1] = INFINITY;
+  assert_int_equal(rv_sq8_query_prepare_ip(q, qv, buf, &o), RV_ERR_INVALID);
+  assert_true(o.u == keep.u && o.n == keep.n && o.a == keep.a && o.scale == keep.scale && o.err == keep.err);
+  rv_sq8_destroy(q);
+  /* small dims: padding to 64, 64, 128 */
+  static const int dims[] = {1, 64, 65};
+  for (size_t di = 0; di < 3; di++) {
+    int dim = dims[di];
+    rv_sq8_t *qs = small_quantizer(dim, 40 + di);
+    assert_int_equal(rv_sq8_code_size(dim), dim <= 64 ? 64 : 128);
+    uint8_t *c = calloc(128, 1);
+    assert_non_null(c);
+    for (int i = 0; i < dim; i++) qv[i] = 2.5f * (float)(i % 3) - 2;
+    rv_sq8_encode(qs, qv, c);
+    for (int i = 0; i < dim; i++) c[i] = (uint8_t)(c[i] ^ 0x5a); /* not the query's own code */
+    rv_sq8_query_t ql;
+    assert_int_equal(rv_sq8_query_prepare_l2(qs, qv, buf, &ql), RV_OK);
+    check_query(qs, &ql, buf);
+    double mag, l2 = exact_l2(qs, qv, c, &mag);
+    for (size_t k = 0; k < N_ALL_ISAS; k++) {
+      const rv_kernels_t *kern = rv_kernels_get(all_isas[k]);
+      if (!kern) continue;
+      assert_near(rv_sq8_distance_l2(kern, &ql, c, rv_sq8_code_norm(qs, c)), l2, ql.err + 0x1p-21 * mag);
+    }
+    free(c);
+    rv_sq8_destroy(qs);
+  }
+  free(x);
+  free(qv);
+  free(buf);
+  free(code);
+}
+
 static rv_sq8_t *small_quantizer(int dim, uint64_t seed) {
   enum { N = 64 };
   float *x = malloc(sizeof(float) * N * (size_t)dim);
@@ -367,6 +698,8 @@ int main(void) {
       cmocka_unit_test(test_clipping),             cmocka_unit_test(test_constant_dims),
       cmocka_unit_test(test_prepared_distances),   cmocka_unit_test(test_serialize_round_trip),
       cmocka_unit_test(test_corruption_detected),  cmocka_unit_test(test_bad_arguments),
+      cmocka_unit_test(test_integer_distances),    cmocka_unit_test(test_integer_ranking),
+      cmocka_unit_test(test_integer_extremes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
