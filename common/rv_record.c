@@ -1,6 +1,7 @@
 #include "rv_record.h"
 
 #include <avro.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,7 +19,7 @@ struct rv_codec {
 };
 
 /* Field positions, as in the .avsc files under schemas/. */
-enum { VF_ID, VF_OP, VF_VECTOR, VF_METADATA, VF_EVENT_TIME };
+enum { VF_ID, VF_OP, VF_VECTOR, VF_METADATA, VF_EVENT_TIME }; /* encoding; decoding goes by name */
 enum { CF_ID, CF_OP, CF_VERSION, CF_VECTOR, CF_SQ8, CF_ATTRIBUTES, CF_EVENT_TIME, CF_CREATED_AT,
        CF_TRACEPARENT };
 
@@ -189,6 +190,14 @@ static int read_varint(const uint8_t *p, size_t len, size_t *pos, int64_t *out) 
   return -1;
 }
 
+static int prescan_string(const uint8_t *p, size_t len, size_t *pos) {
+  int64_t n;
+  if (read_varint(p, len, pos, &n) || n < 0 || (uint64_t)n > len - *pos) return -1;
+  *pos += (size_t)n;
+  return 0;
+}
+
+/* Works for any writer schema: every Avro type, named types by link. */
 static int prescan(avro_schema_t s, const uint8_t *p, size_t len, size_t *pos, int depth) {
   int64_t n;
   if (depth > 32) return -1;
@@ -200,10 +209,7 @@ static int prescan(avro_schema_t s, const uint8_t *p, size_t len, size_t *pos, i
   case AVRO_FLOAT: return len - *pos >= 4 ? (*pos += 4, 0) : -1;
   case AVRO_DOUBLE: return len - *pos >= 8 ? (*pos += 8, 0) : -1;
   case AVRO_STRING:
-  case AVRO_BYTES:
-    if (read_varint(p, len, pos, &n) || n < 0 || (uint64_t)n > len - *pos) return -1;
-    *pos += (size_t)n;
-    return 0;
+  case AVRO_BYTES: return prescan_string(p, len, pos);
   case AVRO_ENUM:
     return read_varint(p, len, pos, &n) || n < 0 || n >= avro_schema_enum_number_of_symbols(s) ? -1 : 0;
   case AVRO_RECORD:
@@ -213,7 +219,12 @@ static int prescan(avro_schema_t s, const uint8_t *p, size_t len, size_t *pos, i
   case AVRO_UNION:
     if (read_varint(p, len, pos, &n) || n < 0 || (size_t)n >= avro_schema_union_size(s)) return -1;
     return prescan(avro_schema_union_branch(s, (int)n), p, len, pos, depth + 1);
+  case AVRO_FIXED:
+    n = avro_schema_fixed_size(s);
+    return n >= 0 && (uint64_t)n <= len - *pos ? (*pos += (size_t)n, 0) : -1;
+  case AVRO_LINK: return prescan(avro_schema_link_target(s), p, len, pos, depth + 1);
   case AVRO_ARRAY:
+  case AVRO_MAP:
     for (;;) {
       if (read_varint(p, len, pos, &n)) return -1;
       if (n == 0) return 0;
@@ -222,11 +233,18 @@ static int prescan(avro_schema_t s, const uint8_t *p, size_t len, size_t *pos, i
         if (n == INT64_MIN || read_varint(p, len, pos, &bytes) || bytes < 0) return -1;
         n = -n;
       }
-      if ((uint64_t)n > len - *pos) return -1; /* every item takes at least one byte here */
-      for (int64_t i = 0; i < n; i++)
-        if (prescan(avro_schema_array_items(s), p, len, pos, depth + 1)) return -1;
+      /* Items of zero bytes (null, empty records) would let a tiny input claim
+       * a huge count; no sane schema has them, so every item must take a byte. */
+      if ((uint64_t)n > len - *pos) return -1;
+      for (int64_t i = 0; i < n; i++) {
+        if (avro_typeof(s) == AVRO_MAP) {
+          if (prescan_string(p, len, pos) || prescan(avro_schema_map_values(s), p, len, pos, depth + 1)) return -1;
+        } else if (prescan(avro_schema_array_items(s), p, len, pos, depth + 1)) {
+          return -1;
+        }
+      }
     }
-  default: return -1; /* types our schemas do not use */
+  default: return -1; /* not an Avro type */
   }
 }
 
@@ -289,26 +307,237 @@ static int get_opt_floats(avro_value_t *f, float **out, int *n_out) {
   return 0;
 }
 
+/* Copies the fields of a vector record value out. Fields are found by name:
+ * a value resolved from a writer schema lacks the optional fields the writer
+ * did not have, and those keep the defaults of vector_record.avsc (op UPSERT,
+ * the rest null), which are what rv_vector_record_init leaves. */
+static int extract_vector(avro_value_t *v, rv_vector_record_t *out) {
+  avro_value_t f;
+  int op = 0;
+  if (avro_value_get_by_name(v, "id", &f, NULL) || get_string(&f, &out->id, &out->id_len)) return -1;
+  if (!avro_value_get_by_name(v, "op", &f, NULL) && avro_value_get_enum(&f, &op)) return -1;
+  /* Avro-C does not range-check enum indexes on read: op 5 must not pass as UPSERT. */
+  if (op != 0 && op != 1) return -1;
+  out->op = op == 1 ? RV_OP_DELETE : RV_OP_UPSERT;
+  if (!avro_value_get_by_name(v, "vector", &f, NULL) && get_opt_floats(&f, &out->vector, &out->dim)) return -1;
+  if (!avro_value_get_by_name(v, "metadata", &f, NULL) && get_opt_string(&f, &out->metadata)) return -1;
+  if (!avro_value_get_by_name(v, "event_time", &f, NULL) &&
+      get_opt_long(&f, &out->has_event_time, &out->event_time_ms))
+    return -1;
+  return 0;
+}
+
+static rv_err_t read_error(int rc, char *errstr, size_t errstr_size) {
+  if (rc == -3) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: truncated or malformed record");
+  if (rc == -2) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: trailing bytes after record");
+  return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: %s", avro_strerror());
+}
+
 rv_err_t rv_codec_decode_vector(rv_codec_t *c, const void *data, size_t len, rv_vector_record_t *out,
                                 char *errstr, size_t errstr_size) {
   rv_vector_record_init(out);
-  avro_value_t *v = &c->vec_value, f;
-  int rc = read_value(c, c->vec_schema, v, data, len);
-  if (rc == -3) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: truncated or malformed record");
-  if (rc == -1) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: %s", avro_strerror());
-  if (rc == -2) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: trailing bytes after record");
-  int op = 0;
-  if (avro_value_get_by_index(v, VF_ID, &f, NULL) || get_string(&f, &out->id, &out->id_len) ||
-      avro_value_get_by_index(v, VF_OP, &f, NULL) || avro_value_get_enum(&f, &op) ||
-      avro_value_get_by_index(v, VF_VECTOR, &f, NULL) || get_opt_floats(&f, &out->vector, &out->dim) ||
-      avro_value_get_by_index(v, VF_METADATA, &f, NULL) || get_opt_string(&f, &out->metadata) ||
-      avro_value_get_by_index(v, VF_EVENT_TIME, &f, NULL) ||
-      get_opt_long(&f, &out->has_event_time, &out->event_time_ms) || (op != 0 && op != 1)) {
-    /* Avro-C does not range-check enum indexes on read: op 5 must not pass as UPSERT. */
+  int rc = read_value(c, c->vec_schema, &c->vec_value, data, len);
+  if (rc) return read_error(rc, errstr, errstr_size);
+  if (extract_vector(&c->vec_value, out)) {
     rv_vector_record_close(out);
     return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: malformed vector record");
   }
-  out->op = op == 1 ? RV_OP_DELETE : RV_OP_UPSERT;
+  return RV_OK;
+}
+
+/* ---- writer schemas resolved against the vector record schema ---- */
+
+struct rv_vector_resolver {
+  avro_schema_t writer;           /* as the producer wrote */
+  avro_schema_t reader;           /* vector_record.avsc without the fields the writer lacks */
+  avro_value_iface_t *reader_iface;
+  avro_value_t reader_value;      /* what a record is decoded into */
+  avro_value_iface_t *resolved_iface;
+  avro_value_t resolved;          /* reads writer-encoded bytes into reader_value */
+  avro_reader_t in;
+};
+
+void rv_vector_resolver_destroy(rv_vector_resolver_t *r) {
+  if (!r) return;
+  if (r->resolved_iface) {
+    avro_value_decref(&r->resolved);
+    avro_value_iface_decref(r->resolved_iface);
+  }
+  if (r->reader_iface) {
+    avro_value_decref(&r->reader_value);
+    avro_value_iface_decref(r->reader_iface);
+  }
+  if (r->reader) avro_schema_decref(r->reader);
+  if (r->writer) avro_schema_decref(r->writer);
+  if (r->in) avro_reader_free(r->in);
+  free(r);
+}
+
+/* Returns 1 if the field `name` of the reader schema declares a default. */
+static int reader_field_has_default(json_t *reader_doc, const char *name) {
+  json_t *fields = json_object_get(reader_doc, "fields"), *fd;
+  size_t i;
+  json_array_foreach(fields, i, fd) {
+    if (json_is_string(json_object_get(fd, "name")) && !strcmp(json_string_value(json_object_get(fd, "name")), name))
+      return json_object_get(fd, "default") != NULL;
+  }
+  return 0;
+}
+
+/* The reader record keeping only the fields the writer has (in the reader's
+ * order); a missing field without a default is an incompatibility. */
+static rv_err_t effective_reader(avro_schema_t full, avro_schema_t writer, avro_schema_t *out, char *errstr,
+                                 size_t errstr_size) {
+  json_error_t jerr;
+  json_t *doc = json_loads(rv_schema_vector_record, 0, &jerr);
+  if (!doc) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "embedded schema: %s", jerr.text);
+  rv_err_t err = RV_OK;
+  avro_schema_t r = avro_schema_record(avro_schema_name(full), avro_schema_namespace(full));
+  if (!r) err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  for (size_t i = 0; !err && i < avro_schema_record_size(full); i++) {
+    const char *name = avro_schema_record_field_name(full, (int)i);
+    if (avro_schema_record_field_get_index(writer, name) >= 0) {
+      if (avro_schema_record_field_append(r, name, avro_schema_record_field_get_by_index(full, (int)i)))
+        err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "building the reader schema: %s", avro_strerror());
+    } else if (!reader_field_has_default(doc, name)) {
+      err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "writer schema lacks field '%s', which has no default",
+                    name);
+    }
+  }
+  json_decref(doc);
+  if (err && r) avro_schema_decref(r);
+  *out = err ? NULL : r;
+  return err;
+}
+
+/* Avro-C resolves enums by index, not by symbol: accept a writer Op only if
+ * its symbols start with the reader's, in the same order. */
+static rv_err_t check_op_symbols(avro_schema_t full, avro_schema_t writer, char *errstr, size_t errstr_size) {
+  /* By index: avro_schema_record_field_get reads garbage for an absent name. */
+  int wi = avro_schema_record_field_get_index(writer, "op"), ri = avro_schema_record_field_get_index(full, "op");
+  if (wi < 0 || ri < 0) return RV_OK;
+  avro_schema_t w = avro_schema_record_field_get_by_index(writer, wi);
+  avro_schema_t r = avro_schema_record_field_get_by_index(full, ri);
+  if (is_avro_link(w)) w = avro_schema_link_target(w);
+  if (avro_typeof(w) != AVRO_ENUM || avro_typeof(r) != AVRO_ENUM) return RV_OK; /* resolution decides */
+  int n = avro_schema_enum_number_of_symbols(w), nr = avro_schema_enum_number_of_symbols(r);
+  for (int i = 0; i < n && i < nr; i++)
+    if (strcmp(avro_schema_enum_get(w, i), avro_schema_enum_get(r, i)))
+      return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "writer enum op has symbol '%s' where the reader has '%s'",
+                     avro_schema_enum_get(w, i), avro_schema_enum_get(r, i));
+  return RV_OK;
+}
+
+static avro_schema_t deref(avro_schema_t s) { return is_avro_link(s) ? avro_schema_link_target(s) : s; }
+
+/* Avro-C 1.11 crashes in avro_resolved_writer_new when it resolves an array
+ * or map whose items do not resolve (it reports other mismatches). This walks
+ * every array/map pair the resolution would try, innermost first, and tries
+ * their items alone. Returns 1 if all resolve, 0 (errstr set) otherwise. */
+static int items_resolvable(avro_schema_t w, avro_schema_t r, int depth, char *errstr, size_t errstr_size) {
+  w = deref(w);
+  r = deref(r);
+  if (depth > 32) {
+    rv_errf(RV_ERR_INVALID, errstr, errstr_size, "writer schema nests too deep");
+    return 0;
+  }
+  avro_type_t wt = avro_typeof(w), rt = avro_typeof(r);
+  if (wt == AVRO_UNION) {
+    for (size_t i = 0; i < avro_schema_union_size(w); i++)
+      if (!items_resolvable(avro_schema_union_branch(w, (int)i), r, depth + 1, errstr, errstr_size)) return 0;
+    return 1;
+  }
+  if (rt == AVRO_UNION) {
+    for (size_t i = 0; i < avro_schema_union_size(r); i++)
+      if (!items_resolvable(w, avro_schema_union_branch(r, (int)i), depth + 1, errstr, errstr_size)) return 0;
+    return 1;
+  }
+  if (wt == AVRO_RECORD && rt == AVRO_RECORD) {
+    for (size_t i = 0; i < avro_schema_record_size(r); i++) {
+      int wi = avro_schema_record_field_get_index(w, avro_schema_record_field_name(r, (int)i));
+      if (wi >= 0 && !items_resolvable(avro_schema_record_field_get_by_index(w, wi),
+                                       avro_schema_record_field_get_by_index(r, (int)i), depth + 1, errstr,
+                                       errstr_size))
+        return 0;
+    }
+    return 1;
+  }
+  avro_schema_t wi, ri;
+  if (wt == AVRO_ARRAY && rt == AVRO_ARRAY) wi = avro_schema_array_items(w), ri = avro_schema_array_items(r);
+  else if (wt == AVRO_MAP && rt == AVRO_MAP) wi = avro_schema_map_values(w), ri = avro_schema_map_values(r);
+  else return 1;
+  if (!items_resolvable(wi, ri, depth + 1, errstr, errstr_size)) return 0;
+  avro_value_iface_t *probe = avro_resolved_writer_new(wi, ri);
+  if (!probe) {
+    rv_errf(RV_ERR_INVALID, errstr, errstr_size, "%s items do not resolve: %s", wt == AVRO_ARRAY ? "array" : "map",
+            avro_strerror());
+    return 0;
+  }
+  avro_value_iface_decref(probe);
+  return 1;
+}
+
+rv_err_t rv_vector_resolver_new(const char *writer_json, size_t len, rv_vector_resolver_t **out, char *errstr,
+                                size_t errstr_size) {
+  *out = NULL;
+  rv_vector_resolver_t *r = calloc(1, sizeof *r);
+  if (!r) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  static const char empty[1];
+  avro_schema_t full = NULL;
+  rv_err_t err = RV_OK;
+  if (avro_schema_from_json_length(rv_schema_vector_record, strlen(rv_schema_vector_record), &full)) {
+    err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "embedded schema: %s", avro_strerror());
+  } else if (avro_schema_from_json_length(writer_json, len, &r->writer)) {
+    r->writer = NULL;
+    err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "not an Avro schema: %s", avro_strerror());
+  } else if (avro_typeof(r->writer) != AVRO_RECORD) {
+    err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "writer schema is not a record");
+  } else if (!(err = check_op_symbols(full, r->writer, errstr, errstr_size)) &&
+             !(err = effective_reader(full, r->writer, &r->reader, errstr, errstr_size))) {
+    char why[256];
+    if (!items_resolvable(r->writer, r->reader, 0, why, sizeof why)) {
+      err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "incompatible with %s: %s", avro_schema_name(full), why);
+    } else if (!(r->resolved_iface = avro_resolved_writer_new(r->writer, r->reader))) {
+      err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "incompatible with %s: %s", avro_schema_name(full),
+                    avro_strerror());
+    } else if (!(r->reader_iface = avro_generic_class_from_schema(r->reader)) ||
+               avro_generic_value_new(r->reader_iface, &r->reader_value)) {
+      if (r->reader_iface) avro_value_iface_decref(r->reader_iface);
+      avro_value_iface_decref(r->resolved_iface); /* no values made from either yet */
+      r->reader_iface = r->resolved_iface = NULL;
+      err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    } else if (avro_resolved_writer_new_value(r->resolved_iface, &r->resolved)) {
+      avro_value_iface_decref(r->resolved_iface);
+      r->resolved_iface = NULL;
+      err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    } else if (!(r->in = avro_reader_memory(empty, 0))) {
+      err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    } else {
+      avro_resolved_writer_set_dest(&r->resolved, &r->reader_value);
+    }
+  }
+  if (full) avro_schema_decref(full);
+  if (err) {
+    rv_vector_resolver_destroy(r);
+    return err;
+  }
+  *out = r;
+  return RV_OK;
+}
+
+rv_err_t rv_vector_resolver_decode(rv_vector_resolver_t *r, const void *data, size_t len, rv_vector_record_t *out,
+                                   char *errstr, size_t errstr_size) {
+  rv_vector_record_init(out);
+  size_t pos = 0;
+  if (prescan(r->writer, data, len, &pos, 0)) return read_error(-3, errstr, errstr_size);
+  if (pos != len) return read_error(-2, errstr, errstr_size);
+  avro_value_reset(&r->reader_value);
+  avro_reader_memory_set_source(r->in, (const char *)data, (int64_t)len);
+  if (avro_value_read(r->in, &r->resolved)) return read_error(-1, errstr, errstr_size);
+  if (extract_vector(&r->reader_value, out)) {
+    rv_vector_record_close(out);
+    return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: malformed vector record");
+  }
   return RV_OK;
 }
 

@@ -66,6 +66,33 @@ rv_err_t rv_codec_encode_vector(rv_codec_t *c, const rv_vector_record_t *r, rv_b
 rv_err_t rv_codec_decode_vector(rv_codec_t *c, const void *data, size_t len, rv_vector_record_t *out,
                                 char *errstr, size_t errstr_size);
 
+/* A writer schema (the schema a producer wrote a vector record with, e.g. as
+ * registered in a Schema Registry) resolved against the vector record schema
+ * this build reads (schemas/vector_record.avsc), by Avro's schema resolution
+ * rules as Avro-C implements them (avro_resolved_writer_new): fields the
+ * writer has and the reader does not are skipped; fields the reader has and
+ * the writer does not take the reader's default (Avro-C cannot fill defaults,
+ * so they are left out of the resolution and read as absent; every such field
+ * of the reader schema defaults to null, or UPSERT for op); types are promoted
+ * where Avro allows (int -> long, float -> double, T -> [null, T], ...).
+ * Not thread-safe: one per thread, like the codec. */
+typedef struct rv_vector_resolver rv_vector_resolver_t;
+
+/* Parses writer_json[0..len) and resolves it. Returns RV_OK and *out (the
+ * caller destroys it); RV_ERR_INVALID when the text is not an Avro schema or
+ * is incompatible (not a record, lacks a reader field that has no default such
+ * as id, a field whose type does not resolve, op symbols in another order),
+ * with errstr saying which; RV_ERR_NOMEM. *out is NULL on failure. */
+rv_err_t rv_vector_resolver_new(const char *writer_json, size_t len, rv_vector_resolver_t **out, char *errstr,
+                                size_t errstr_size);
+void rv_vector_resolver_destroy(rv_vector_resolver_t *r);
+
+/* Decodes one vector record written with r's writer schema, spanning exactly
+ * len bytes. Same contract as rv_codec_decode_vector; the same bounds check
+ * runs first, against the writer schema. */
+rv_err_t rv_vector_resolver_decode(rv_vector_resolver_t *r, const void *data, size_t len, rv_vector_record_t *out,
+                                   char *errstr, size_t errstr_size);
+
 rv_err_t rv_codec_encode_change(rv_codec_t *c, const rv_change_t *ch, rv_buf_t *out, char *errstr,
                                 size_t errstr_size);
 rv_err_t rv_codec_decode_change(rv_codec_t *c, const void *data, size_t len, rv_change_t *out,

@@ -19,6 +19,8 @@ void rv_batch_clear(rv_batch_t *b) {
   b->n_pos = 0;
   b->n_messages = b->n_accepted = b->n_rejected = 0;
   b->opened_ms = 0;
+  b->n_coded = 0;
+  b->sq8_size = b->pq_size = 0;
   if (b->slots) memset(b->slots, 0xff, b->cap_slots * sizeof *b->slots);
 }
 
@@ -27,6 +29,8 @@ void rv_batch_close(rv_batch_t *b) {
   free(b->rows);
   free(b->pos);
   free(b->slots);
+  free(b->sq8);
+  free(b->pq);
   rv_batch_init(b);
 }
 

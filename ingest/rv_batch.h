@@ -35,6 +35,17 @@ typedef struct rv_batch {
   int64_t opened_ms;   /* monotonic time of the first message; 0 when empty */
   int32_t *slots;      /* open-addressing index id -> row, -1 empty; cap_slots is a power of 2 */
   size_t cap_slots;
+  /* Quantized codes of the rows, filled by rv_quant_encode_batch just before
+   * the write: row i's at sq8 + i * sq8_size (a delete's is unused). Valid
+   * when n_coded == n_rows; rv_batch_clear invalidates them, keeps the memory. */
+  uint8_t *sq8;        /* owned */
+  size_t sq8_size;     /* bytes per code; 0 when the batch has no SQ8 codes */
+  int32_t sq8_version; /* rv_quantizers version the codes were made with */
+  uint8_t *pq;         /* owned; like sq8 (written by the PostgreSQL writer; nothing fills it yet) */
+  size_t pq_size;
+  int32_t pq_version;
+  size_t cap_codes;    /* rows sq8 has room for */
+  size_t n_coded;      /* rows encoded */
 } rv_batch_t;
 
 void rv_batch_init(rv_batch_t *b);

@@ -1,20 +1,23 @@
 #ifndef RV_CHANGELOG_H
 #define RV_CHANGELOG_H
-/* Publishing a written batch to <collection>.changelog: one change per id
- * (its latest record in the batch), key = id, value = the plain Avro
- * encoding of schemas/changelog_record.avsc (no Confluent header), version =
- * (source partition, source offset). Thread: the producer's and codec's. */
+/* The change a written batch row makes, as published to <collection>.changelog:
+ * key = id, value = the plain Avro encoding of schemas/changelog_record.avsc
+ * (no Confluent header), version = (source partition, source offset). Ingest
+ * does not send these directly: they go through the transactional outbox
+ * (rv_outbox.h), written in the batch's PostgreSQL transaction and published
+ * after its COMMIT. Thread: the codec's. */
 #include <stddef.h>
 
 #include "rv_batch.h"
 #include "rv_buf.h"
 #include "rv_err.h"
-#include "rv_producer.h"
 #include "rv_record.h"
 
-/* Queues the change of every row of b (rows must carry created_at_ms).
- * scratch is a reusable buffer. Confirm with rv_producer_confirm. */
-rv_err_t rv_changelog_send(rv_producer_t *p, rv_codec_t *codec, const char *topic, const rv_batch_t *b,
-                           rv_buf_t *scratch, char *errstr, size_t errstr_size);
+/* Appends the encoded change of b->rows[i] (which must carry created_at_ms)
+ * to out, with the row's SQ8 code when the batch has codes. A delete carries
+ * no vector, code or attributes. On failure out keeps its length
+ * (RV_ERR_INVALID: not encodable; RV_ERR_NOMEM). */
+rv_err_t rv_changelog_encode(rv_codec_t *codec, const rv_batch_t *b, size_t i, rv_buf_t *out, char *errstr,
+                             size_t errstr_size);
 
 #endif

@@ -132,3 +132,115 @@ rv_reject_t rv_decode_message(rv_codec_t *codec, uint32_t schema_id, const void 
     return fail(out, RV_REJECT_DECODE, msg, msg_size, "%s", err);
   return RV_REJECT_NONE;
 }
+
+/* ---- the decoder: registry lookups, cached per schema id ---- */
+
+typedef struct cached {
+  uint32_t id;
+  rv_vector_resolver_t *resolver; /* NULL when the schema is incompatible */
+  char *why;                      /* why it is incompatible; NULL otherwise */
+} cached_t;
+
+struct rv_decoder {
+  rv_codec_t *codec;        /* borrowed */
+  uint32_t schema_id;
+  rv_registry_t *registry;  /* borrowed; may be NULL */
+  cached_t *cache;
+  size_t n_cache;
+  uint64_t fetches;
+};
+
+rv_decoder_t *rv_decoder_new(rv_codec_t *codec, uint32_t schema_id, rv_registry_t *registry, char *errstr,
+                             size_t errstr_size) {
+  rv_decoder_t *d = calloc(1, sizeof *d);
+  if (!d || !(d->cache = calloc(RV_DECODER_MAX_SCHEMAS, sizeof *d->cache))) {
+    free(d);
+    rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    return NULL;
+  }
+  d->codec = codec;
+  d->schema_id = schema_id;
+  d->registry = registry;
+  return d;
+}
+
+void rv_decoder_destroy(rv_decoder_t *d) {
+  if (!d) return;
+  for (size_t i = 0; i < d->n_cache; i++) {
+    rv_vector_resolver_destroy(d->cache[i].resolver);
+    free(d->cache[i].why);
+  }
+  free(d->cache);
+  free(d);
+}
+
+uint64_t rv_decoder_fetches(const rv_decoder_t *d) { return d->fetches; }
+
+/* Finds or fetches and resolves the writer schema of id. Returns RV_OK with
+ * *entry set (its resolver NULL when incompatible), RV_ERR_NOT_FOUND or
+ * RV_ERR_CORRUPT (permanent: msg set), or a retriable error. With a full
+ * cache, *entry points at scratch, which the caller must clear with clear_scratch. */
+static rv_err_t lookup(rv_decoder_t *d, uint32_t id, cached_t **entry, cached_t *scratch, char *msg,
+                       size_t msg_size) {
+  for (size_t i = 0; i < d->n_cache; i++) {
+    if (d->cache[i].id == id) {
+      *entry = &d->cache[i];
+      return RV_OK;
+    }
+  }
+  char *text = NULL;
+  size_t len = 0;
+  d->fetches++;
+  rv_err_t err = rv_registry_fetch(d->registry, id, &text, &len, msg, msg_size);
+  if (err) return err;
+  cached_t c = {.id = id};
+  char why[512];
+  rv_err_t rerr = rv_vector_resolver_new(text, len, &c.resolver, why, sizeof why);
+  free(text);
+  if (rerr == RV_ERR_NOMEM) return rv_errf(RV_ERR_NOMEM, msg, msg_size, "out of memory resolving schema id %u", id);
+  if (rerr && !(c.why = strdup(why))) {
+    return rv_errf(RV_ERR_NOMEM, msg, msg_size, "out of memory");
+  }
+  if (d->n_cache < RV_DECODER_MAX_SCHEMAS) {
+    d->cache[d->n_cache] = c;
+    *entry = &d->cache[d->n_cache++];
+  } else {
+    *scratch = c;
+    *entry = scratch;
+  }
+  return RV_OK;
+}
+
+rv_err_t rv_decoder_decode(rv_decoder_t *d, const void *key, size_t key_len, const void *value, size_t value_len,
+                           rv_vector_record_t *out, rv_reject_t *reject, char *msg, size_t msg_size) {
+  uint32_t id;
+  size_t off;
+  if (!d->registry || !value || !rv_confluent_parse(value, value_len, &id, &off) || id == d->schema_id) {
+    *reject = rv_decode_message(d->codec, d->schema_id, key, key_len, value, value_len, out, msg, msg_size);
+    return RV_OK;
+  }
+  rv_vector_record_init(out);
+  cached_t scratch = {0}, *c = NULL;
+  rv_err_t err = lookup(d, id, &c, &scratch, msg, msg_size);
+  if (err == RV_ERR_NOT_FOUND || err == RV_ERR_CORRUPT) {
+    *reject = RV_REJECT_UNKNOWN_SCHEMA;
+    return RV_OK;
+  }
+  if (err) {
+    *reject = RV_REJECT_NONE;
+    return err;
+  }
+  if (!c->resolver) {
+    *reject = fail(out, RV_REJECT_INCOMPATIBLE_SCHEMA, msg, msg_size, "writer schema id %u: %s", id, c->why);
+  } else {
+    char e[256];
+    *reject = rv_vector_resolver_decode(c->resolver, (const uint8_t *)value + off, value_len - off, out, e, sizeof e)
+                  ? fail(out, RV_REJECT_DECODE, msg, msg_size, "schema id %u: %s", id, e)
+                  : RV_REJECT_NONE;
+  }
+  if (c == &scratch) {
+    rv_vector_resolver_destroy(scratch.resolver);
+    free(scratch.why);
+  }
+  return RV_OK;
+}

@@ -1,13 +1,18 @@
 /* The ingest stage: one consumer thread per collection.
  *
  * Order of effects for a batch (the invariant: source offsets are committed
- * only after everything the batch caused is durable):
+ * only after everything the batch caused is durable, and a change is
+ * published only after the rows it describes are committed):
  *   1. bad records were queued to the DLQ as they were read: confirm them;
- *   2. PostgreSQL transaction: rows + pins + next offsets (not yet committed);
- *   3. publish the batch's changes to the changelog and confirm them;
- *   4. COMMIT; then an async Kafka offset commit (informational: lag tools).
- * A crash anywhere before 4 re-reads the batch from the stored offsets and
- * repeats 1-3 (duplicates are harmless: every change carries its version). */
+ *   2. one PostgreSQL transaction: rows + pins + next offsets + the batch's
+ *      changelog records in the outbox (rv_outbox.h); COMMIT;
+ *   3. publish the outbox records, wait for Kafka's confirmation, delete
+ *      them from the outbox; then an async Kafka offset commit
+ *      (informational: lag tools).
+ * A crash before the COMMIT re-reads the batch from the stored offsets and
+ * repeats 1-2. A crash after it leaves the records in the outbox: whoever
+ * is assigned their source partitions next publishes them before anything
+ * newer ("drain"); duplicates are harmless, every change carries its version. */
 #include "rv_ingest.h"
 
 #include <librdkafka/rdkafka.h>
@@ -22,13 +27,17 @@
 #include "rv_changelog.h"
 #include "rv_decode.h"
 #include "rv_dlq.h"
+#include "rv_ingest_metrics.h"
 #include "rv_kafka.h"
 #include "rv_log.h"
+#include "rv_outbox.h"
 #include "rv_pgschema.h"
 #include "rv_pgutil.h"
 #include "rv_pgwriter.h"
+#include "rv_quant.h"
 #include "rv_producer.h"
 #include "rv_record.h"
+#include "rv_registry.h"
 #include "rv_time.h"
 #include "rv_validate.h"
 
@@ -54,18 +63,27 @@ struct rv_ingest {
   int started, joined;
   atomic_int stop;
 
-  _Atomic uint64_t consumed, ingested, dead_lettered, batches, retries, lost;
+  _Atomic uint64_t consumed, ingested, dead_lettered, batches, retries, lost, published, drained;
 
   /* Owned by the consumer thread once started. */
   rd_kafka_t *consumer;
   rv_producer_t *dlq, *changelog;
   rv_pgwriter_t *pg;
+  rv_outbox_t *outbox;
+  rv_quant_t *quant; /* the SQ8 quantizer and the batch codes */
   rv_codec_t *codec;
+  rv_registry_t *registry; /* writer schemas by id; NULL without conf.schema_registry */
+  rv_decoder_t *decoder;   /* the framings, with registry lookups cached per schema id */
+  int registry_backoff;    /* ms to pause after the registry was unreachable; 0 after a decided record */
+  rv_ingest_metrics_t metrics;
+  int64_t lag_at;          /* when the lag gauges were last set (mono ms) */
   rv_batch_t batch;
   rv_buf_t scratch;
   assigned_t *assigned;
   size_t n_assigned, cap_assigned;
   int reseek; /* the batch was dropped: rewind the assignment to the stored offsets */
+  int drain;  /* publish what the outbox holds for the assigned partitions before anything newer */
+  int gave_up; /* stopping, and Kafka stayed away: publish no more, leave it all in the outbox */
   int64_t progress_at;
   uint64_t progress_consumed, progress_ingested, progress_dead;
 };
@@ -74,6 +92,7 @@ void rv_ingest_conf_defaults(rv_ingest_conf_t *conf) {
   if (conf->batch_rows <= 0) conf->batch_rows = 5000;
   if (conf->batch_ms <= 0) conf->batch_ms = 50;
   if (conf->max_metadata_bytes <= 0) conf->max_metadata_bytes = 65536;
+  if (conf->session_timeout_ms <= 0) conf->session_timeout_ms = 10000;
   rv_collection_default_topics(&conf->collection);
 }
 
@@ -92,7 +111,9 @@ static PGconn *connect_pg(const rv_ingest_conf_t *conf, char *errstr, size_t err
 rv_err_t rv_ingest_migrate(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
   PGconn *c = connect_pg(conf, errstr, errstr_size);
   if (!c) return RV_ERR_UNAVAILABLE;
-  rv_err_t err = rv_pgschema_migrate(c, conf->collection.name, rv_wall_ms(), errstr, errstr_size);
+  rv_pgschema_opts_t opts = {(rv_partman_mode_t)conf->partman, conf->premake};
+  rv_err_t err = rv_pgschema_migrate_opts(c, conf->collection.name, rv_wall_ms(), &opts, errstr, errstr_size);
+  if (!err) err = rv_outbox_migrate(c, conf->collection.name, errstr, errstr_size);
   PQfinish(c);
   if (!err) rv_info(LOG, "%s: schema ready", conf->collection.name);
   return err;
@@ -111,6 +132,13 @@ rv_err_t rv_ingest_forget_offsets(const rv_ingest_conf_t *conf, char *errstr, si
     rv_info(LOG, "%s: forgot the stored offsets of %s (its log started over)", conf->collection.name,
             conf->collection.source_topic);
   PQclear(r);
+  /* Unpublished changes carry versions (source offsets) of the old log: a
+   * replica of the new one would take them for newer than its records. */
+  long long n = 0;
+  if (!err) err = rv_outbox_discard_all(c, conf->collection.name, &n, errstr, errstr_size);
+  if (!err && n > 0)
+    rv_warn(LOG, "%s: discarded %lld unpublished change(s) of the earlier log from the outbox",
+            conf->collection.name, n);
   PQfinish(c);
   return err;
 }
@@ -151,6 +179,7 @@ static int read_offsets(rv_ingest_t *in, const int32_t *partitions, int64_t *nex
     if (!err) return 0;
     if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
     atomic_fetch_add(&in->retries, 1);
+    rv_counter_add(in->metrics.retries_pg, 1);
     rv_warn(LOG, "%s: reading stored offsets: %s (retrying in %d ms)", in->conf.collection.name, e, backoff);
     if (atomic_load(&in->stop)) return -1;
     nap(in, backoff);
@@ -195,6 +224,7 @@ static void drop_batch(rv_ingest_t *in, const char *why) {
   rv_warn(LOG, "%s: dropping uncommitted batch of %llu message(s) (%s); they will be read again",
           in->conf.collection.name, (unsigned long long)in->batch.n_messages, why);
   rv_batch_clear(&in->batch);
+  rv_ingest_metrics_dropped(&in->metrics);
   in->reseek = 1;
 }
 
@@ -213,6 +243,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     }
     if (cooperative) kerr = rd_kafka_incremental_assign(rk, parts);
     else rd_kafka_assign(rk, parts);
+    in->drain = 1; /* a previous owner may have died between a COMMIT and its publication */
   } else {
     /* The batch's offsets were not committed; the next owner re-reads it. */
     drop_batch(in, err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ? "partitions revoked" : "partitions lost");
@@ -280,6 +311,26 @@ static void check_gap(rv_ingest_t *in, assigned_t *a, const rd_kafka_message_t *
   a->next_seen = m->offset + 1;
 }
 
+static void write_batch(rv_ingest_t *in);
+
+/* The writer schema of m could not be fetched (the schema registry is
+ * unreachable): m is neither ingested nor dead-lettered. The batch so far is
+ * written and the assignment rewound to the stored offsets, so m is read
+ * again after a pause that grows while the registry stays away. */
+static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, const char *why) {
+  atomic_fetch_sub(&in->consumed, 1); /* counted when it is read again */
+  atomic_fetch_add(&in->retries, 1);
+  rv_counter_add(in->metrics.retries_registry, 1);
+  in->registry_backoff = in->registry_backoff ? next_backoff(in->registry_backoff) : BACKOFF_MIN_MS;
+  rv_warn(LOG, "%s: %s [%d] @%lld: %s (pausing %d ms; the record is read again, not dead-lettered)",
+          in->conf.collection.name, in->conf.collection.source_topic, (int)m->partition, (long long)m->offset, why,
+          in->registry_backoff);
+  if (rv_quant_batch_ready(in->quant, in->pg, &in->batch)) write_batch(in);
+  else drop_batch(in, "the schema registry is unreachable");
+  in->reseek = 1;
+  nap(in, in->registry_backoff);
+}
+
 static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
   atomic_fetch_add(&in->consumed, 1);
   assigned_t *a = find_assigned(in, m->partition);
@@ -289,8 +340,13 @@ static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
   rv_validate_rules_t rules = {in->conf.collection.dim, in->conf.max_metadata_bytes, now};
   rv_vector_record_t rec;
   char why[512];
-  rv_reject_t rj = rv_decode_message(in->codec, (uint32_t)in->conf.collection.schema_id, m->key, m->key_len,
-                                     m->payload, m->len, &rec, why, sizeof why);
+  rv_reject_t rj = RV_REJECT_NONE;
+  if (rv_decoder_decode(in->decoder, m->key, m->key_len, m->payload, m->len, &rec, &rj, why, sizeof why)) {
+    retry_later(in, m, why);
+    return;
+  }
+  in->registry_backoff = 0;
+  rv_counter_add(in->metrics.consumed, 1);
   if (!rj) rj = rv_validate_record(&rec, &rules, why, sizeof why);
   char e[256];
   if (rj) {
@@ -299,6 +355,7 @@ static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
              (int)m->partition, (long long)m->offset, rv_reject_code(rj), why);
     if (rv_dlq_send(in->dlq, in->conf.collection.dlq_topic, m, rj, why, e, sizeof e)) fatal_nomem("dlq");
     in->batch.n_rejected++;
+    rv_ingest_metrics_rejected(&in->metrics, rj);
   } else {
     /* A new id is pinned to the month of its event time, else of the broker timestamp. */
     int64_t pin = rec.has_event_time ? rec.event_time_ms : rd_kafka_message_timestamp(m, NULL);
@@ -320,34 +377,113 @@ static void commit_kafka_offsets(rv_ingest_t *in) {
   rd_kafka_topic_partition_list_destroy(parts);
 }
 
+/* Sends the outbox's current publication, waits for Kafka to confirm it
+ * (retrying with backoff), then deletes its rows from the outbox. Returns 0,
+ * or -1 when stop was requested and Kafka stayed away for STOP_GRACE_MS: the
+ * records then stay in the outbox for the next owner's drain. */
+static int publish(rv_ingest_t *in) {
+  size_t n = rv_outbox_count(in->outbox);
+  if (!n) return 0;
+  if (in->gave_up) { /* one grace period per stop, not one per publication */
+    rv_outbox_clear(in->outbox);
+    return -1;
+  }
+  char e[1024];
+  if (rv_outbox_send(in->outbox, in->changelog, in->conf.collection.changelog_topic, e, sizeof e))
+    fatal_nomem("changelog");
+  int64_t stop_seen = 0;
+  for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
+    rv_err_t err = rv_producer_confirm(in->changelog, CONFIRM_TIMEOUT_MS, e, sizeof e);
+    if (!err) break;
+    atomic_fetch_add(&in->retries, 1);
+    rv_counter_add(in->metrics.retries_kafka, 1);
+    rv_warn(LOG, "%s: publishing %zu committed change(s): %s: %s (retrying in %d ms)", in->conf.collection.name, n,
+            rv_err_str(err), e, backoff);
+    if (atomic_load(&in->stop)) {
+      if (!stop_seen) stop_seen = rv_mono_ms();
+      if (rv_mono_ms() - stop_seen > STOP_GRACE_MS) {
+        rv_warn(LOG, "%s: stopping with %zu committed change(s) unpublished; they stay in the outbox",
+                in->conf.collection.name, n);
+        rv_outbox_clear(in->outbox);
+        in->gave_up = 1;
+        return -1;
+      }
+      sleep_ms(backoff < 500 ? backoff : 500);
+    } else {
+      nap(in, backoff);
+    }
+  }
+  atomic_fetch_add(&in->published, n);
+  /* A failed delete is retried before the next drain; until then a drain would publish them once more. */
+  PGconn *c = rv_pgwriter_connect(in->pg, e, sizeof e) ? NULL : rv_pgwriter_conn(in->pg);
+  rv_err_t err = rv_outbox_confirmed(in->outbox, c, e, sizeof e);
+  if (err) {
+    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+    rv_warn(LOG, "%s: deleting published changes from the outbox: %s (retried later)", in->conf.collection.name, e);
+  }
+  return 0;
+}
+
+/* Publishes what the outbox holds for the assigned partitions (left by a
+ * consumer that died between a COMMIT and its publication, possibly this
+ * one in an earlier life). Retries PostgreSQL with backoff; leaves
+ * in->drain set if stop was requested before it could finish. */
+static void drain_outbox(rv_ingest_t *in) {
+  char e[1024];
+  int32_t *parts = calloc(in->n_assigned + 1, sizeof *parts);
+  if (!parts) fatal_nomem("drain");
+  for (size_t i = 0; i < in->n_assigned; i++) parts[i] = in->assigned[i].partition;
+  for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
+    /* Deletes owed by earlier publications first, so nothing already confirmed is published again. */
+    rv_err_t err = rv_pgwriter_connect(in->pg, e, sizeof e);
+    if (!err) err = rv_outbox_forget(in->outbox, rv_pgwriter_conn(in->pg), e, sizeof e);
+    if (!err) err = rv_outbox_load(in->outbox, rv_pgwriter_conn(in->pg), in->codec, parts, in->n_assigned, e, sizeof e);
+    if (!err) break;
+    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+    atomic_fetch_add(&in->retries, 1);
+    rv_counter_add(in->metrics.retries_pg, 1);
+    rv_warn(LOG, "%s: reading the outbox: %s (retrying in %d ms)", in->conf.collection.name, e, backoff);
+    if (atomic_load(&in->stop)) {
+      free(parts);
+      return;
+    }
+    nap(in, backoff);
+  }
+  free(parts);
+  in->drain = 0;
+  size_t n = rv_outbox_count(in->outbox);
+  if (!n) return;
+  rv_info(LOG, "%s: publishing %zu committed change(s) left in the outbox", in->conf.collection.name, n);
+  if (publish(in) == 0) atomic_fetch_add(&in->drained, n);
+  else in->drain = 1;
+}
+
 /* One attempt. Returns RV_OK when the batch is committed (or known to have
- * been), RV_ERR_STATE when it was fenced off, another error to retry. */
-static rv_err_t write_batch_once(rv_ingest_t *in, int *published, char *e, size_t es) {
+ * been), RV_ERR_STATE when it was fenced off, another error to retry. On
+ * RV_OK the outbox's current publication holds the batch's changes (empty
+ * when an earlier attempt's COMMIT is the one that went through: in->drain
+ * is set then, and the drain publishes them from the table). */
+static rv_err_t write_batch_once(rv_ingest_t *in, char *e, size_t es) {
   rv_batch_t *b = &in->batch;
   rv_err_t err = rv_producer_confirm(in->dlq, CONFIRM_TIMEOUT_MS, e, es);
   if (err) return err;
   rv_pgw_outcome_t outcome = RV_PGW_APPLIED;
   if ((err = rv_pgwriter_connect(in->pg, e, es)) || (err = rv_pgwriter_prepare_partitions(in->pg, b, e, es)) ||
-      (err = rv_pgwriter_apply(in->pg, b, &outcome, e, es)))
+      (err = rv_quant_encode_batch(in->quant, in->pg, b, e, es)) || (err = rv_pgwriter_apply(in->pg, b, &outcome, e, es)))
     goto pg_failed;
   if (outcome == RV_PGW_ALREADY) {
-    rv_info(LOG, "%s: batch found committed by an earlier attempt", in->conf.collection.name);
-    return RV_OK; /* its changes were confirmed before that COMMIT */
+    rv_info(LOG, "%s: batch found committed by an earlier attempt; its changes are in the outbox",
+            in->conf.collection.name);
+    rv_outbox_clear(in->outbox);
+    in->drain = 1;
+    return RV_OK;
   }
-  /* Same batch, same pins: a retry would publish identical changes, so they are queued once. */
-  if (!*published) {
-    if ((err = rv_changelog_send(in->changelog, in->codec, in->conf.collection.changelog_topic, b, &in->scratch, e,
-                                 es))) {
-      rv_pgwriter_rollback(in->pg);
-      return err;
-    }
-    *published = 1;
+  if ((err = rv_outbox_stage(in->outbox, rv_pgwriter_conn(in->pg), in->codec, b, e, es)) ||
+      (err = rv_pgwriter_commit(in->pg, e, es))) {
+    rv_outbox_clear(in->outbox);
+    goto pg_failed;
   }
-  if ((err = rv_producer_confirm(in->changelog, CONFIRM_TIMEOUT_MS, e, es))) {
-    rv_pgwriter_rollback(in->pg); /* do not hold row locks while Kafka is away */
-    return err;
-  }
-  if (!(err = rv_pgwriter_commit(in->pg, e, es))) return RV_OK;
+  return RV_OK;
 pg_failed:
   if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg); /* reconnect on the next attempt */
   return err;
@@ -356,11 +492,11 @@ pg_failed:
 static void write_batch(rv_ingest_t *in) {
   rv_batch_t *b = &in->batch;
   if (!b->n_messages) return;
+  if (in->drain) drain_outbox(in); /* older changes of these partitions go out first */
   char e[1024];
-  int published = 0;
-  int64_t stop_seen = 0;
+  int64_t stop_seen = 0, started_us = rv_mono_us();
   for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
-    rv_err_t err = write_batch_once(in, &published, e, sizeof e);
+    rv_err_t err = write_batch_once(in, e, sizeof e);
     if (!err) break;
     if (err == RV_ERR_STATE) {
       rv_warn(LOG, "%s: batch fenced off: %s", in->conf.collection.name, e);
@@ -369,6 +505,8 @@ static void write_batch(rv_ingest_t *in) {
     }
     rv_pgwriter_rollback(in->pg);
     atomic_fetch_add(&in->retries, 1);
+    /* Dead letters unconfirmed: the DLQ failed (they go first); otherwise PostgreSQL did. */
+    rv_counter_add(rv_producer_pending(in->dlq) ? in->metrics.retries_kafka : in->metrics.retries_pg, 1);
     rv_warn(LOG, "%s: writing batch of %llu message(s): %s: %s (retrying in %d ms)", in->conf.collection.name,
             (unsigned long long)b->n_messages, rv_err_str(err), e, backoff);
     if (atomic_load(&in->stop)) {
@@ -388,9 +526,14 @@ static void write_batch(rv_ingest_t *in) {
   }
   atomic_fetch_add(&in->ingested, b->n_accepted);
   atomic_fetch_add(&in->dead_lettered, b->n_rejected);
+  rv_ingest_metrics_committed(&in->metrics, b->n_accepted, (double)(rv_mono_us() - started_us) / 1e6);
   atomic_fetch_add(&in->batches, 1);
   commit_kafka_offsets(in);
   rv_batch_clear(b);
+  /* Committed. An unfinished drain means older changes are still in the
+   * outbox: this batch's wait there too, so they go out in order. */
+  if (in->drain) rv_outbox_clear(in->outbox);
+  else publish(in);
 }
 
 static void log_progress(rv_ingest_t *in, int64_t now) {
@@ -409,6 +552,21 @@ static void log_progress(rv_ingest_t *in, int64_t now) {
   in->progress_dead = d;
 }
 
+/* Sets the lag gauge of every assigned partition: the high watermark
+ * librdkafka last saw (no broker round trip) minus the committed offset. */
+static void update_lag(rv_ingest_t *in, int64_t now) {
+  in->lag_at = now;
+  for (size_t i = 0; in->metrics.reg && i < in->n_assigned; i++) {
+    int64_t lo = -1, hi = -1;
+    if (rd_kafka_get_watermark_offsets(in->consumer, in->conf.collection.source_topic, in->assigned[i].partition, &lo,
+                                       &hi) ||
+        hi < 0)
+      continue;
+    int64_t at = in->assigned[i].committed >= 0 ? in->assigned[i].committed : lo;
+    rv_ingest_metrics_lag(&in->metrics, in->assigned[i].partition, at >= 0 ? hi - at : hi);
+  }
+}
+
 static void *run(void *arg) {
   rv_ingest_t *in = arg;
   in->progress_at = rv_mono_ms();
@@ -418,6 +576,7 @@ static void *run(void *arg) {
     if (in->batch.n_messages) {
       int64_t left = in->batch.opened_ms + in->conf.batch_ms - now;
       timeout = left < 0 ? 0 : (int)left;
+      if (!timeout && !rv_quant_version(in->quant)) timeout = 20; /* waiting for vectors to train on */
     }
     rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
     if (m) {
@@ -426,14 +585,19 @@ static void *run(void *arg) {
         rv_warn(LOG, "%s: consumer: %s", in->conf.collection.name, rd_kafka_message_errstr(m));
       rd_kafka_message_destroy(m);
     }
+    if (in->drain) drain_outbox(in);
     now = rv_mono_ms();
     if (in->batch.n_messages &&
-        ((int64_t)in->batch.n_messages >= in->conf.batch_rows || now - in->batch.opened_ms >= in->conf.batch_ms))
+        ((int64_t)in->batch.n_messages >= in->conf.batch_rows || now - in->batch.opened_ms >= in->conf.batch_ms) &&
+        rv_quant_batch_ready(in->quant, in->pg, &in->batch)) /* no quantizer yet: the batch grows until one can be trained */
       write_batch(in);
     if (in->reseek) rewind_assignment(in);
     if (now - in->progress_at >= PROGRESS_EVERY_MS) log_progress(in, now);
+    if (now - in->lag_at >= 1000) update_lag(in, now);
   }
-  write_batch(in); /* the batch in progress */
+  if (rv_quant_batch_ready(in->quant, in->pg, &in->batch)) write_batch(in); /* the batch in progress */
+  else drop_batch(in, "too few vectors yet to train the SQ8 quantizer");
+  if (in->drain) drain_outbox(in);
   rd_kafka_consumer_close(in->consumer); /* leaves the group; the revoke arrives with an empty batch */
   log_progress(in, rv_mono_ms());
   rv_info(LOG, "%s: stopped", in->conf.collection.name);
@@ -460,6 +624,7 @@ rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t er
     return NULL;
   }
   in->conf = c;
+  rv_ingest_metrics_init(&in->metrics, c.metrics, c.collection.name);
   snprintf(in->group, sizeof in->group, "rv-ingest-%s", c.collection.name);
   pthread_mutex_init(&in->lock, NULL);
   rv_batch_init(&in->batch);
@@ -468,7 +633,9 @@ rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t er
 }
 
 static rd_kafka_t *make_consumer(rv_ingest_t *in, char *errstr, size_t errstr_size) {
-  char e[512];
+  char e[512], session[16], heartbeat[16];
+  snprintf(session, sizeof session, "%d", in->conf.session_timeout_ms);
+  snprintf(heartbeat, sizeof heartbeat, "%d", in->conf.session_timeout_ms / 3 < 3000 ? in->conf.session_timeout_ms / 3 : 3000);
   const char *kv[][2] = {
       {"bootstrap.servers", in->conf.brokers},
       {"group.id", in->group},
@@ -477,9 +644,11 @@ static rd_kafka_t *make_consumer(rv_ingest_t *in, char *errstr, size_t errstr_si
       {"enable.auto.offset.store", "false"},
       {"auto.offset.reset", "earliest"},
       {"enable.partition.eof", "false"},
-      /* A crashed ingest's partitions move on after 10 s rather than 45 s; heartbeats come
-       * from librdkafka's own thread, so a slow batch does not count against it. */
-      {"session.timeout.ms", "10000"},
+      /* A crashed ingest's partitions move on after the session timeout (default 10 s rather
+       * than Kafka's 45 s); heartbeats come from librdkafka's own thread, so a slow batch
+       * does not count against it. */
+      {"session.timeout.ms", session},
+      {"heartbeat.interval.ms", heartbeat},
   };
   rd_kafka_conf_t *kc = rv_kafka_conf_new(RV_KAFKA_PROPS(kv), "consumer", errstr, errstr_size);
   if (!kc) return NULL;
@@ -514,6 +683,14 @@ static void release(rv_ingest_t *in) {
   in->dlq = in->changelog = NULL;
   rv_pgwriter_destroy(in->pg);
   in->pg = NULL;
+  rv_outbox_destroy(in->outbox);
+  in->outbox = NULL;
+  rv_quant_destroy(in->quant);
+  in->quant = NULL;
+  rv_decoder_destroy(in->decoder);
+  in->decoder = NULL;
+  rv_registry_destroy(in->registry);
+  in->registry = NULL;
   rv_codec_destroy(in->codec);
   in->codec = NULL;
 }
@@ -528,8 +705,17 @@ rv_err_t rv_ingest_start(rv_ingest_t *in, char *errstr, size_t errstr_size) {
   char id[RV_NAME_MAX + 32];
   const rv_collection_conf_t *col = &in->conf.collection;
   if (!(in->codec = rv_codec_new(errstr, errstr_size)) ||
+      (in->conf.schema_registry[0] &&
+       !(in->registry = rv_registry_new(in->conf.schema_registry, in->conf.registry_timeout_ms, errstr,
+                                        errstr_size))) ||
+      !(in->decoder = rv_decoder_new(in->codec, (uint32_t)col->schema_id, in->registry, errstr, errstr_size)) ||
       !(in->pg = rv_pgwriter_new(in->conf.pg_conninfo, in->conf.pgbouncer, col->name, in->group, col->source_topic,
                                  errstr, errstr_size)) ||
+      !(in->outbox = rv_outbox_new(col->name, errstr, errstr_size)) ||
+      !(in->quant = rv_quant_new(&(rv_quant_conf_t){col->dim, in->conf.sq8_train, in->conf.sq8_train_wait_ms,
+                                                    in->conf.sq8_params},
+                                 errstr,
+                                 errstr_size)) ||
       (snprintf(id, sizeof id, "rv-ingest-%s-dlq", col->name),
        !(in->dlq = rv_producer_new(in->conf.brokers, id, errstr, errstr_size))) ||
       (snprintf(id, sizeof id, "rv-ingest-%s-changelog", col->name),
@@ -539,6 +725,8 @@ rv_err_t rv_ingest_start(rv_ingest_t *in, char *errstr, size_t errstr_size) {
     release(in);
     goto out;
   }
+  rv_pgwriter_set_store_vector(in->pg, !in->conf.codes_only);
+  rv_outbox_set_ranges(in->outbox, !in->conf.codes_only); /* ranges re-encode the vector from the table */
   atomic_store(&in->stop, 0);
   if (pthread_create(&in->thread, NULL, run, in)) {
     err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "cannot create the ingest thread");
@@ -582,4 +770,6 @@ void rv_ingest_stats(rv_ingest_t *in, rv_ingest_stats_t *out) {
   out->batches = atomic_load(&in->batches);
   out->retries = atomic_load(&in->retries);
   out->lost = atomic_load(&in->lost);
+  out->published = atomic_load(&in->published);
+  out->drained = atomic_load(&in->drained);
 }

@@ -4,12 +4,17 @@
  * decodes and validates each record, writes batches to the collection's
  * monthly-partitioned PostgreSQL table together with the consumed offsets in
  * one transaction, sends bad records to <collection>.dlq with the reason in
- * headers, and after each commit publishes the batch to <collection>.changelog. */
+ * headers, and after each commit publishes the batch's changes to
+ * <collection>.changelog through a transactional outbox (rv_outbox.h): the
+ * changes are written in the batch's transaction and published after its
+ * COMMIT, so a change is never published for rows that were not committed,
+ * and a crash after the COMMIT re-publishes them instead of losing them. */
 #include <stddef.h>
 #include <stdint.h>
 
 #include "rv_collection.h"
 #include "rv_err.h"
+#include "rv_metrics.h"
 
 typedef struct rv_ingest rv_ingest_t;
 
@@ -21,6 +26,20 @@ typedef struct rv_ingest_conf {
   int batch_rows;                   /* close a batch at this many rows (default 5000) */
   int batch_ms;                     /* ... or after this many ms (default 50) */
   int max_metadata_bytes;           /* default 65536 */
+  int session_timeout_ms;           /* consumer group session timeout: how soon a dead ingest's
+                                       partitions move on (default 10000) */
+  int sq8_train;                    /* SQ8 trained from the first this many vectors (default 1000; rv_quant.h) */
+  int sq8_train_wait_ms;            /* ... or from fewer, once the first batch waited this long (default 5000) */
+  char sq8_params[512];             /* or read from this SQ8 parameter file ("" = train) */
+  int codes_only;                   /* 1: store the SQ8 code without the raw float32 vector (default 0) */
+  int partman;                      /* rv_partman_mode_t for a new table: 0 auto (pg_partman if available), 1 off */
+  int premake;                      /* monthly partitions made ahead (default 3) */
+  char schema_registry[1024];       /* writer schemas of Confluent frames by id: an http(s):// Schema
+                                       Registry URL or a directory of <id>.avsc ("" = none: only
+                                       collection.schema_id is accepted); see rv_registry.h */
+  int registry_timeout_ms;          /* one schema fetch (default 5000) */
+  rv_metrics_t *metrics;            /* borrowed, must outlive the ingest; NULL = no metrics
+                                       (the series are in rv_ingest_metrics.h) */
 } rv_ingest_conf_t;
 
 typedef struct rv_ingest_stats {
@@ -30,6 +49,9 @@ typedef struct rv_ingest_stats {
   uint64_t batches;       /* committed transactions */
   uint64_t retries;       /* retried PostgreSQL or Kafka operations */
   uint64_t lost;          /* source offsets deleted from the log before ingest read them */
+  uint64_t published;     /* changelog records confirmed by Kafka (drained ones included) */
+  uint64_t drained;       /* of those, records found in the outbox (left by an earlier run or
+                             another consumer between its COMMIT and its publication) */
 } rv_ingest_stats_t;
 
 /* Fills unset (zero) fields of conf with defaults. */
@@ -39,7 +61,8 @@ void rv_ingest_conf_defaults(rv_ingest_conf_t *conf);
  * several processes). Connects with conf->pg_conninfo. */
 rv_err_t rv_ingest_migrate(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size);
 
-/* Deletes the stored source offsets of conf's collection, for a source topic
+/* Deletes the stored source offsets of conf's collection (and the unpublished
+ * changes in its outbox, whose versions are offsets of the old log), for a source topic
  * whose log started over: the embedded broker (librdkafka's mock cluster)
  * keeps nothing across runs, so offsets stored by an earlier run point past
  * the new log's end. Call before rv_ingest_start; never against a durable
@@ -53,8 +76,9 @@ rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t er
 /* Starts the consumer thread. */
 rv_err_t rv_ingest_start(rv_ingest_t *in, char *errstr, size_t errstr_size);
 
-/* Finishes and commits the batch in progress, leaves the group, joins the
- * thread. Safe to call more than once. */
+/* Finishes and commits the batch in progress, publishes its changes (if
+ * Kafka stays away for 10 s they stay in the outbox for the next owner),
+ * leaves the group, joins the thread. Safe to call more than once. */
 void rv_ingest_stop(rv_ingest_t *in);
 
 /* Stops (if running) and frees. NULL is a no-op. */

@@ -19,7 +19,7 @@ enum { ST_LOCK, ST_READ, ST_PIN, ST_UPSERT, ST_OFFSETS, ST_COUNT };
 
 static const char *const stmt_names[ST_COUNT] = {"rv_lock_offsets", "rv_read_offsets", "rv_pin", "rv_upsert",
                                                  "rv_write_offsets"};
-static const int stmt_nparams[ST_COUNT] = {3, 3, 0, 0, 4};
+static const int stmt_nparams[ST_COUNT] = {3, 3, 0, 0, 5};
 
 struct rv_pgwriter {
   char *conninfo;
@@ -31,6 +31,8 @@ struct rv_pgwriter {
   PGconn *conn;            /* NULL when disconnected */
   char *sql[ST_COUNT];     /* statement texts, fixed at construction */
   char *stage_sql;         /* CREATE TEMP TABLE for the staging table */
+  int store_vector;        /* 1: the raw float32 vector is stored with its codes */
+  rv_partitioning_t parts; /* who makes the table's partitions (read on connect) */
   rv_month_t *months;      /* months known to have a partition (or known not to get one) */
   size_t n_months;
   rv_buf_t copy;           /* COPY BINARY payload of the current batch */
@@ -66,12 +68,24 @@ void rv_pgwriter_destroy(rv_pgwriter_t *w) {
   free(w);
 }
 
+/* The staging table. Its vectors are written and read once: lz4 (when the
+ * server has it) costs a fraction of the default pglz, which compresses
+ * Fashion-MNIST-like sparse vectors slowly. */
+static char *stage_sql(int pgbouncer, int lz4) {
+  return fmt_alloc("CREATE TEMP TABLE %s rv_stage (id text NOT NULL, is_delete bool NOT NULL, "
+                   "vector bytea%s, metadata jsonb, pin_at timestamptz NOT NULL, src_partition int NOT NULL, "
+                   "src_offset bigint NOT NULL, code bytea, code_version int, pq_code bytea, "
+                   "pq_version int) ON COMMIT %s",
+                   pgbouncer ? "" : "IF NOT EXISTS", lz4 ? " COMPRESSION lz4" : "", pgbouncer ? "DROP" : "DELETE ROWS");
+}
+
 rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *table, const char *consumer_group,
                                const char *topic, char *errstr, size_t errstr_size) {
   if (rv_pgschema_check_name(table, errstr, errstr_size)) return NULL;
   rv_pgwriter_t *w = calloc(1, sizeof *w);
   if (!w) goto nomem;
   w->pgbouncer = pgbouncer;
+  w->store_vector = 1;
   snprintf(w->table, sizeof w->table, "%s", table);
   snprintf(w->app_name, sizeof w->app_name, "rv-ingest-%s", table);
   w->conninfo = strdup(conninfo);
@@ -86,15 +100,22 @@ rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *
                              "ON CONFLICT (id) DO NOTHING",
                              t);
   /* A DELETE keeps the stored vector, code and metadata; an UPSERT replaces
-   * them (the SQ8 code of the old vector is stale) and revives the row. */
+   * them (the SQ8 code of the old vector is stale) and revives the row. The
+   * pinned created_at is a correlated lookup (one primary-key probe per
+   * staged row) rather than a join: the staging table has no statistics, and
+   * a join planned as a hash of the whole <c>_ids grows with the collection. */
   w->sql[ST_UPSERT] = fmt_alloc(
-      "INSERT INTO %1$s AS t (id, created_at, vector, code, metadata, updated_at, deleted_at, src_partition, "
-      "src_offset) "
-      "SELECT s.id, i.created_at, s.vector, NULL, s.metadata, now(), CASE WHEN s.is_delete THEN now() END, "
-      "s.src_partition, s.src_offset FROM pg_temp.rv_stage s JOIN %1$s_ids i ON i.id = s.id "
+      "INSERT INTO %1$s AS t (id, created_at, vector, code, code_version, pq_code, pq_version, metadata, "
+      "updated_at, deleted_at, src_partition, src_offset) "
+      "SELECT s.id, (SELECT i.created_at FROM %1$s_ids i WHERE i.id = s.id), s.vector, s.code, s.code_version, s.pq_code, s.pq_version, s.metadata, now(), "
+      "CASE WHEN s.is_delete THEN now() END, "
+      "s.src_partition, s.src_offset FROM pg_temp.rv_stage s "
       "ON CONFLICT (id, created_at) DO UPDATE SET "
       "vector = CASE WHEN excluded.deleted_at IS NULL THEN excluded.vector ELSE t.vector END, "
       "code = CASE WHEN excluded.deleted_at IS NULL THEN excluded.code ELSE t.code END, "
+      "code_version = CASE WHEN excluded.deleted_at IS NULL THEN excluded.code_version ELSE t.code_version END, "
+      "pq_code = CASE WHEN excluded.deleted_at IS NULL THEN excluded.pq_code ELSE t.pq_code END, "
+      "pq_version = CASE WHEN excluded.deleted_at IS NULL THEN excluded.pq_version ELSE t.pq_version END, "
       "metadata = CASE WHEN excluded.deleted_at IS NULL THEN excluded.metadata ELSE t.metadata END, "
       "updated_at = excluded.updated_at, deleted_at = excluded.deleted_at, "
       "src_partition = excluded.src_partition, src_offset = excluded.src_offset "
@@ -104,14 +125,15 @@ rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *
       "INSERT INTO rv_offsets (consumer_group, topic, partition, next_offset, updated_at) "
       "SELECT $1, $2, u.p, u.n, now() FROM unnest($3::int[], $4::bigint[]) AS u(p, n) "
       "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-      "next_offset = excluded.next_offset, updated_at = excluded.updated_at");
+      "next_offset = excluded.next_offset, updated_at = excluded.updated_at "
+      /* Compare-and-set: the fence's FOR UPDATE cannot lock a row that does not
+       * exist yet, so a row another consumer inserted meanwhile is caught here. */
+      "WHERE rv_offsets.next_offset = (SELECT e.x FROM unnest($3::int[], $5::bigint[]) AS e(p, x) "
+      "WHERE e.p = rv_offsets.partition)");
   /* Through PgBouncer a transaction may land on any server connection, so the
    * staging table lives for one transaction there; on a direct connection it
    * is made once and emptied by every commit. */
-  w->stage_sql = fmt_alloc("CREATE TEMP TABLE %s rv_stage (id text NOT NULL, is_delete bool NOT NULL, "
-                           "vector bytea, metadata jsonb, pin_at timestamptz NOT NULL, src_partition int NOT NULL, "
-                           "src_offset bigint NOT NULL) ON COMMIT %s",
-                           pgbouncer ? "" : "IF NOT EXISTS", pgbouncer ? "DROP" : "DELETE ROWS");
+  w->stage_sql = stage_sql(pgbouncer, 0);
   int ok = w->conninfo && w->group && w->topic && w->stage_sql;
   for (int i = 0; i < ST_COUNT; i++) ok = ok && w->sql[i];
   if (ok) return w;
@@ -140,10 +162,23 @@ rv_err_t rv_pgwriter_connect(rv_pgwriter_t *w, char *errstr, size_t errstr_size)
     goto fail;
   }
   rv_pg_quiet_notices(w->conn);
+  if ((err = rv_pgschema_partitioning(w->conn, w->table, &w->parts, errstr, errstr_size))) goto fail;
+  char *sql = stage_sql(w->pgbouncer, rv_pgschema_has_lz4(w->conn));
+  if (!sql) {
+    err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    goto fail;
+  }
+  free(w->stage_sql);
+  w->stage_sql = sql;
   w->n_months = 0;
   if ((err = rv_pgschema_list_months(w->conn, w->table, &w->months, &w->n_months, errstr, errstr_size))) goto fail;
   if (!w->pgbouncer) {
-    if ((err = rv_pg_exec(w->conn, w->stage_sql, NULL, errstr, errstr_size))) goto fail;
+    /* Room for a whole batch in local buffers (the default 8 MB spills a
+     * 5,000-row batch of 784-dim vectors to disk); only settable before the
+     * session's first temporary table. */
+    if ((err = rv_pg_exec(w->conn, "SET temp_buffers = '128MB'", NULL, errstr, errstr_size)) ||
+        (err = rv_pg_exec(w->conn, w->stage_sql, NULL, errstr, errstr_size)))
+      goto fail;
     for (int i = 0; i < ST_COUNT; i++) {
       PGresult *r = PQprepare(w->conn, stmt_names[i], w->sql[i], stmt_nparams[i], NULL);
       err = rv_pg_check(w->conn, r, stmt_names[i], errstr, errstr_size);
@@ -164,13 +199,17 @@ static PGresult *run(rv_pgwriter_t *w, int st, const char *const *params, int re
   return PQexecPrepared(w->conn, stmt_names[st], stmt_nparams[st], params, NULL, NULL, result_format);
 }
 
-/* "{p0,p1,...}" from the batch positions (partition or next offset). */
-static rv_err_t int_array(rv_buf_t *out, const rv_batch_pos_t *pos, size_t n, int offsets) {
+enum { ARR_PARTITION, ARR_NEXT, ARR_EXPECTED };
+
+/* "{p0,p1,...}" from the batch positions (partition, next offset or expected next offset). */
+static rv_err_t int_array(rv_buf_t *out, const rv_batch_pos_t *pos, size_t n, int which) {
   rv_buf_reset(out);
   rv_err_t err = rv_buf_append(out, "{", 1);
   for (size_t i = 0; i < n && !err; i++)
     err = rv_buf_appendf(out, "%s%lld", i ? "," : "",
-                         offsets ? (long long)pos[i].next_offset : (long long)pos[i].partition);
+                         which == ARR_NEXT       ? (long long)pos[i].next_offset
+                         : which == ARR_EXPECTED ? (long long)pos[i].expected_next
+                                                 : (long long)pos[i].partition);
   if (!err) err = rv_buf_append(out, "}", 1);
   return err;
 }
@@ -264,7 +303,7 @@ rv_err_t rv_pgwriter_prepare_partitions(rv_pgwriter_t *w, const rv_batch_t *b, c
   }
   PQclear(r);
   if (!n_want) return RV_OK;
-  if ((err = rv_pgschema_create_months(w->conn, w->table, want, n_want, errstr, errstr_size))) return err;
+  if ((err = rv_pgschema_create_months(w->conn, w->table, &w->parts, want, n_want, errstr, errstr_size))) return err;
   /* Created, or known to be impossible (rows stay in the default partition): either way, done. */
   rv_month_t *m = realloc(w->months, (w->n_months + n_want) * sizeof *m);
   if (!m) return RV_OK; /* only the cache is lost; the months are retried next batch */
@@ -281,29 +320,54 @@ static rv_err_t put_field(rv_buf_t *b, const void *data, int32_t len) {
   return err || len <= 0 ? err : rv_buf_append(b, data, (size_t)len);
 }
 
-static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b) {
+/* Appends a field holding n float32 in little-endian order, whatever the host. */
+static rv_err_t put_floats_le(rv_buf_t *b, const float *v, int n) {
+  size_t bytes = (size_t)n * 4;
+  if (rv_buf_put_be32(b, (uint32_t)bytes) || rv_buf_reserve(b, bytes)) return RV_ERR_NOMEM;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(b->base + b->len, v, bytes);
+#else
+  for (int k = 0; k < n; k++) {
+    uint32_t u;
+    memcpy(&u, &v[k], 4);
+    uint8_t *o = b->base + b->len + (size_t)k * 4;
+    o[0] = (uint8_t)u, o[1] = (uint8_t)(u >> 8), o[2] = (uint8_t)(u >> 16), o[3] = (uint8_t)(u >> 24);
+  }
+#endif
+  b->len += bytes;
+  return RV_OK;
+}
+
+/* A code field and its version field, or two NULLs. */
+static rv_err_t put_code(rv_buf_t *b, const uint8_t *code, size_t size, int32_t version) {
+  if (!code) return rv_buf_put_be32(b, UINT32_MAX) || rv_buf_put_be32(b, UINT32_MAX) ? RV_ERR_NOMEM : RV_OK;
+  return put_field(b, code, (int32_t)size) || rv_buf_put_be32(b, 4) || rv_buf_put_be32(b, (uint32_t)version)
+             ? RV_ERR_NOMEM
+             : RV_OK;
+}
+
+/* The staging table's columns, in COPY order. */
+#define STAGE_COLUMNS \
+  "id, is_delete, vector, metadata, pin_at, src_partition, src_offset, code, code_version, pq_code, pq_version"
+#define STAGE_NCOLUMNS 11
+
+static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b, int store_vector) {
   static const char sig[11] = "PGCOPY\n\377\r\n\0";
   rv_buf_reset(out);
   rv_err_t err = rv_buf_append(out, sig, sizeof sig);
   if (!err) err = rv_buf_put_be32(out, 0); /* flags */
   if (!err) err = rv_buf_put_be32(out, 0); /* header extension length */
+  int coded = b->n_coded == b->n_rows;
   for (size_t i = 0; i < b->n_rows && !err; i++) {
     const rv_batch_row_t *row = &b->rows[i];
     const rv_vector_record_t *rec = &row->rec;
     uint8_t is_delete = rec->op == RV_OP_DELETE;
-    err = rv_buf_put_be16(out, 7);
+    int live = !is_delete && rec->vector;
+    err = rv_buf_put_be16(out, STAGE_NCOLUMNS);
     if (!err) err = put_field(out, rec->id, (int32_t)rec->id_len);
     if (!err) err = put_field(out, &is_delete, 1);
-    if (!err && (is_delete || !rec->vector)) err = rv_buf_put_be32(out, UINT32_MAX); /* NULL */
-    else if (!err) {
-      err = rv_buf_put_be32(out, (uint32_t)rec->dim * 4) || rv_buf_reserve(out, (size_t)rec->dim * 4);
-      for (int k = 0; k < rec->dim && !err; k++) { /* float32 little-endian, whatever the host */
-        uint32_t u;
-        memcpy(&u, &rec->vector[k], 4);
-        uint8_t le[4] = {(uint8_t)u, (uint8_t)(u >> 8), (uint8_t)(u >> 16), (uint8_t)(u >> 24)};
-        err = rv_buf_append(out, le, 4);
-      }
-    }
+    if (!err && (!live || !store_vector)) err = rv_buf_put_be32(out, UINT32_MAX); /* NULL */
+    else if (!err) err = put_floats_le(out, rec->vector, rec->dim);
     if (!err && !rec->metadata) err = rv_buf_put_be32(out, UINT32_MAX);
     else if (!err) { /* jsonb binary: version 1, then the text */
       size_t n = strlen(rec->metadata);
@@ -314,15 +378,19 @@ static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b) {
     if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)((row->pin_ms - PG_EPOCH_MS) * 1000));
     if (!err) err = rv_buf_put_be32(out, 4) || rv_buf_put_be32(out, (uint32_t)row->partition);
     if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)row->offset);
+    if (!err)
+      err = put_code(out, live && coded && b->sq8_size ? b->sq8 + i * b->sq8_size : NULL, b->sq8_size,
+                     b->sq8_version);
+    if (!err)
+      err = put_code(out, live && coded && b->pq_size ? b->pq + i * b->pq_size : NULL, b->pq_size, b->pq_version);
   }
   if (!err) err = rv_buf_put_be16(out, UINT16_MAX); /* trailer: -1 */
   return err ? RV_ERR_NOMEM : RV_OK;
 }
 
 static rv_err_t copy_rows(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
-  if (encode_copy(&w->copy, b)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
-  PGresult *r = PQexec(w->conn, "COPY pg_temp.rv_stage (id, is_delete, vector, metadata, pin_at, src_partition, "
-                                "src_offset) FROM STDIN (FORMAT binary)");
+  if (encode_copy(&w->copy, b, w->store_vector)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  PGresult *r = PQexec(w->conn, "COPY pg_temp.rv_stage (" STAGE_COLUMNS ") FROM STDIN (FORMAT binary)");
   rv_err_t err = rv_pg_check(w->conn, r, "COPY", errstr, errstr_size);
   PQclear(r);
   if (err) return err;
@@ -354,7 +422,8 @@ static rv_err_t run_checked(rv_pgwriter_t *w, int st, const char *const *params,
 /* Checks the stored offsets against the batch (under row locks). */
 static rv_err_t fence(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
                       size_t errstr_size) {
-  if (int_array(&w->text, b->pos, b->n_pos, 0)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  if (int_array(&w->text, b->pos, b->n_pos, ARR_PARTITION))
+    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
   PGresult *r;
   rv_err_t err = query_offsets(w, ST_LOCK, (const char *)w->text.base, &r, errstr, errstr_size);
   if (err) return err;
@@ -399,17 +468,28 @@ static rv_err_t upsert_rows(rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_
 }
 
 static rv_err_t write_offsets(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
-  rv_buf_t parts;
+  rv_buf_t parts, expected;
   rv_buf_init(&parts);
-  rv_err_t err = int_array(&parts, b->pos, b->n_pos, 0);
-  if (!err) err = int_array(&w->text, b->pos, b->n_pos, 1);
+  rv_buf_init(&expected);
+  rv_err_t err = int_array(&parts, b->pos, b->n_pos, ARR_PARTITION);
+  if (!err) err = int_array(&w->text, b->pos, b->n_pos, ARR_NEXT);
+  if (!err) err = int_array(&expected, b->pos, b->n_pos, ARR_EXPECTED);
+  PGresult *r = NULL;
   if (err) {
-    rv_buf_close(&parts);
-    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  } else {
+    const char *params[5] = {w->group, w->topic, (const char *)parts.base, (const char *)w->text.base,
+                             (const char *)expected.base};
+    err = run_checked(w, ST_OFFSETS, params, &r, errstr, errstr_size);
   }
-  const char *params[4] = {w->group, w->topic, (const char *)parts.base, (const char *)w->text.base};
-  err = run_checked(w, ST_OFFSETS, params, NULL, errstr, errstr_size);
+  /* Every partition's row inserted or updated, or another consumer got there first. */
+  if (!err && strtoull(PQcmdTuples(r), NULL, 10) != b->n_pos)
+    err = rv_errf(RV_ERR_STATE, errstr, errstr_size,
+                  "stored offsets changed under the batch (%s of %zu updated; another consumer owns a partition now)",
+                  PQcmdTuples(r), b->n_pos);
+  PQclear(r);
   rv_buf_close(&parts);
+  rv_buf_close(&expected);
   return err;
 }
 
@@ -445,9 +525,27 @@ rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) 
   return err;
 }
 
+PGconn *rv_pgwriter_conn(rv_pgwriter_t *w) { return w->conn; }
+
 void rv_pgwriter_rollback(rv_pgwriter_t *w) {
   if (!w->conn || PQtransactionStatus(w->conn) == PQTRANS_IDLE) return;
   PGresult *r = PQexec(w->conn, "ROLLBACK");
   if (PQresultStatus(r) != PGRES_COMMAND_OK) rv_pgwriter_disconnect(w);
   PQclear(r);
+}
+
+void rv_pgwriter_set_store_vector(rv_pgwriter_t *w, int on) { w->store_vector = on != 0; }
+
+rv_err_t rv_pgwriter_get_quantizer(rv_pgwriter_t *w, const char *kind, int32_t *version, rv_buf_t *params,
+                                   char *errstr, size_t errstr_size) {
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  return rv_pgschema_get_quantizer(w->conn, w->table, kind, version, params, errstr, errstr_size);
+}
+
+rv_err_t rv_pgwriter_put_quantizer(rv_pgwriter_t *w, const char *kind, int32_t version, const void *params,
+                                   size_t len, int trained_on, int32_t *version_out, rv_buf_t *params_out,
+                                   char *errstr, size_t errstr_size) {
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  return rv_pgschema_put_quantizer(w->conn, w->table, kind, version, params, len, trained_on, version_out,
+                                   params_out, errstr, errstr_size);
 }

@@ -6,10 +6,12 @@
  *   BEGIN
  *   lock the batch's rv_offsets rows and compare them with what the batch
  *     expects (fencing: a consumer that lost its partitions cannot commit)
- *   COPY (FORMAT binary) the rows into a temporary staging table
+ *   COPY (FORMAT binary) the rows (with their SQ8/PQ codes, if the batch has
+ *     them, and the raw vector unless disabled) into a temporary staging table
  *   pin new ids in <c>_ids; upsert the rows into <c> (ON CONFLICT (id, created_at))
- *   upsert rv_offsets (next offset per partition)
- *   ... the caller publishes the changelog ...
+ *   upsert rv_offsets (next offset per partition; compare-and-set on the
+ *     offsets the batch expects, so a concurrent first insert is fenced too)
+ *   ... the caller adds the batch's changelog records to the outbox ...
  *   COMMIT
  *
  * Named prepared statements on direct connections, unnamed ones only in
@@ -19,7 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <libpq-fe.h>
+
 #include "rv_batch.h"
+#include "rv_buf.h"
 #include "rv_err.h"
 
 typedef struct rv_pgwriter rv_pgwriter_t;
@@ -35,6 +40,18 @@ void rv_pgwriter_destroy(rv_pgwriter_t *w);
  * statements) and loads the known partitions. RV_ERR_UNAVAILABLE when the
  * server cannot be reached, RV_ERR_NOT_FOUND when the collection is not migrated. */
 rv_err_t rv_pgwriter_connect(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
+/* Whether the raw float32 vector is stored beside its codes (default 1).
+ * Call before the first apply. */
+void rv_pgwriter_set_store_vector(rv_pgwriter_t *w, int on);
+
+/* rv_pgschema_get_quantizer / rv_pgschema_put_quantizer for the writer's
+ * collection, on its connection (outside a batch transaction). */
+rv_err_t rv_pgwriter_get_quantizer(rv_pgwriter_t *w, const char *kind, int32_t *version, rv_buf_t *params,
+                                   char *errstr, size_t errstr_size);
+rv_err_t rv_pgwriter_put_quantizer(rv_pgwriter_t *w, const char *kind, int32_t version, const void *params,
+                                   size_t len, int trained_on, int32_t *version_out, rv_buf_t *params_out,
+                                   char *errstr, size_t errstr_size);
+
 /* Drops the connection (after a connection-level error). */
 void rv_pgwriter_disconnect(rv_pgwriter_t *w);
 
@@ -55,8 +72,9 @@ typedef enum {
 
 /* Runs the batch transaction up to (not including) COMMIT and sets every
  * row's created_at_ms. On RV_ERR_STATE the stored offsets match neither the
- * batch's start nor its end: another consumer owns the partitions now; the
- * transaction is rolled back. On other errors it is rolled back too (classify
+ * batch's start nor its end, or another consumer stored a partition's first
+ * offset while this transaction ran: another consumer owns the partitions
+ * now; the transaction is rolled back. On other errors it is rolled back too (classify
  * with rv_err_is_retriable; RV_ERR_UNAVAILABLE means reconnect). */
 rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
                            size_t errstr_size);
@@ -66,5 +84,10 @@ rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *ou
 rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
 /* Rolls back the transaction apply left open, if any. */
 void rv_pgwriter_rollback(rv_pgwriter_t *w);
+
+/* The writer's connection (NULL when disconnected), for statements that must
+ * run inside the transaction apply left open (the changelog outbox) or on
+ * the same session. Owned by the writer. */
+PGconn *rv_pgwriter_conn(rv_pgwriter_t *w);
 
 #endif

@@ -21,6 +21,7 @@ const char *rv_reject_code(rv_reject_t r) {
   case RV_REJECT_BAD_METADATA: return "bad_metadata";
   case RV_REJECT_METADATA_TOO_LARGE: return "metadata_too_large";
   case RV_REJECT_BAD_EVENT_TIME: return "bad_event_time";
+  case RV_REJECT_INCOMPATIBLE_SCHEMA: return "incompatible_schema";
   }
   return "unknown";
 }

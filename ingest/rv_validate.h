@@ -11,7 +11,8 @@
 typedef enum {
   RV_REJECT_NONE = 0,           /* accepted */
   RV_REJECT_DECODE,             /* "decode_error": not Avro / JSON / a tombstone we understand */
-  RV_REJECT_UNKNOWN_SCHEMA,     /* "unknown_schema_id": Confluent frame with another schema id */
+  RV_REJECT_UNKNOWN_SCHEMA,     /* "unknown_schema_id": Confluent frame whose schema id is neither the
+                                   collection's nor known to the schema registry */
   RV_REJECT_BAD_ID,             /* "bad_id": empty, too long, not UTF-8, or has a NUL */
   RV_REJECT_WRONG_DIM,          /* "wrong_dim": vector length != collection dim */
   RV_REJECT_NON_FINITE,         /* "non_finite": NaN or infinity in the vector */
@@ -19,12 +20,22 @@ typedef enum {
   RV_REJECT_BAD_METADATA,       /* "bad_metadata": not a JSON object */
   RV_REJECT_METADATA_TOO_LARGE, /* "metadata_too_large" */
   RV_REJECT_BAD_EVENT_TIME,     /* "bad_event_time": before 2000-01-01 or more than a day ahead */
+  RV_REJECT_INCOMPATIBLE_SCHEMA, /* "incompatible_schema": the registry's writer schema for the frame's id
+                                    does not resolve against vector_record.avsc */
 } rv_reject_t;
+
+/* Number of rv_reject_t values (RV_REJECT_NONE included), for tables indexed by reason. */
+#define RV_REJECT_COUNT (RV_REJECT_INCOMPATIBLE_SCHEMA + 1)
 
 /* Static snake_case code of r (e.g. "wrong_dim"); "ok" for RV_REJECT_NONE. */
 const char *rv_reject_code(rv_reject_t r);
 
-/* 2000-01-01T00:00:00Z in ms since the epoch: the earliest accepted event_time. */
+/* 2000-01-01T00:00:00Z in ms since the epoch: the earliest accepted event_time.
+ * Why not 1970: a zero, or seconds mistaken for milliseconds (1.7e9 ms is
+ * January 1970), are producer bugs, and such a record would create a partition
+ * decades in the past. Why a day ahead: clock skew between producers is
+ * seconds, time zones at most 14 h; more is a unit error (microseconds) or a
+ * bad clock. */
 #define RV_EVENT_TIME_MIN_MS INT64_C(946684800000)
 /* How far ahead of now an event_time may be. */
 #define RV_EVENT_TIME_MAX_AHEAD_MS INT64_C(86400000)

@@ -1,6 +1,7 @@
 /* ruvector: the one executable. Subcommands:
  *   pipeline validate FILE    check a topology; exit 0 if valid, 78 (EX_CONFIG) if not
  *   pipeline run FILE [...]   run every stage of a topology in this process
+ *   ingest --topology FILE    run only the ingest stage of a topology
  *   broker [...]              run the embedded Kafka (librdkafka mock cluster) as its own process
  *   produce [...]             publish vectors to Kafka
  */
@@ -10,6 +11,8 @@
 #include <string.h>
 
 #include "rv_broker.h"
+#include "rv_index_bench.h"
+#include "rv_ingest_cmd.h"
 #include "rv_produce.h"
 #include "rv_runner.h"
 #include "rv_topology.h"
@@ -28,8 +31,14 @@ static void usage(FILE *out) {
         "                                  says so); --load publishes a data set (IDX, .fvecs, JSON\n"
         "                                  lines) to the first collection; --endpoints overrides the\n"
         "                                  topology's endpoints_file; stops on SIGINT/SIGTERM\n"
+        "  ingest --topology FILE [--collection NAME]\n"
+        "                                  run only the ingest stage (Kafka -> PostgreSQL ->\n"
+        "                                  changelog); SIGINT/SIGTERM commit the batch in\n"
+        "                                  progress and exit 0 (see ingest --help)\n"
         "  broker [--topology FILE] [...]  run the embedded Kafka as its own process (see broker --help)\n"
         "  produce [...]                   publish vectors to Kafka (see produce --help)\n"
+        "  index-bench [...]               build the HNSW engine over a base set and time searches\n"
+        "                                  of a query set (see index-bench --help)\n"
         "  version                         print the version\n",
         out);
 }
@@ -138,7 +147,9 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   if (!strcmp(cmd, "pipeline")) return cmd_pipeline(argc - 1, argv + 1);
   if (!strcmp(cmd, "broker")) return cmd_broker(argc - 1, argv + 1);
+  if (!strcmp(cmd, "ingest")) return rv_ingest_cmd_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "produce")) return rv_produce_main(argc - 1, argv + 1);
+  if (!strcmp(cmd, "index-bench")) return rv_index_bench_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
     printf("ruvector %s\n", RV_VERSION);
     return 0;

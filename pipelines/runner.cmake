@@ -1,10 +1,10 @@
 # rv_pipelines: runs a topology in-process. ruvector: the executable.
-add_library(rv_pipelines STATIC ${CMAKE_CURRENT_LIST_DIR}/rv_runner.c)
+add_library(rv_pipelines STATIC ${CMAKE_CURRENT_LIST_DIR}/rv_runner.c ${CMAKE_CURRENT_LIST_DIR}/rv_ingest_cmd.c)
 target_include_directories(rv_pipelines PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 target_link_libraries(rv_pipelines PUBLIC rv_topology rv_tools rv_ingest rv_index_applier rv_serve rv_embedded
   PkgConfig::JANSSON PRIVATE rv_build_flags)
 
 add_executable(ruvector ${CMAKE_CURRENT_LIST_DIR}/main.c)
 target_compile_definitions(ruvector PRIVATE RV_VERSION="${PROJECT_VERSION}")
-target_link_libraries(ruvector PRIVATE rv_pipelines rv_build_flags)
+target_link_libraries(ruvector PRIVATE rv_pipelines rv_index_bench rv_build_flags)
 set_target_properties(ruvector PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})

@@ -120,6 +120,8 @@ rv_err_t rv_broker_run(const rv_broker_opts_t *opts, char *errstr, size_t errstr
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR1);
+  sigaddset(&set, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &set, &old);
 
   rv_err_t err = RV_OK;
@@ -147,8 +149,20 @@ rv_err_t rv_broker_run(const rv_broker_opts_t *opts, char *errstr, size_t errstr
   printf("bootstrap: %s\n", rv_broker_bootstraps(b));
   fflush(stdout);
 
-  int sig = 0;
-  while (sigwait(&set, &sig) != 0) {
+  /* SIGUSR1 takes every broker down (connections closed, new ones refused;
+   * the data stays), SIGUSR2 brings them back: fault injection for tests. */
+  int sig = 0, n_brokers = opts->n_brokers > 0 ? opts->n_brokers : 3;
+  for (;;) {
+    if (sigwait(&set, &sig) != 0) continue;
+    if (sig != SIGUSR1 && sig != SIGUSR2) break;
+    for (int id = 1; id <= n_brokers; id++) {
+      rd_kafka_resp_err_t e = sig == SIGUSR1 ? rd_kafka_mock_broker_set_down(rv_broker_mock(b), id)
+                                             : rd_kafka_mock_broker_set_up(rv_broker_mock(b), id);
+      if (e) rv_warn("broker", "broker %d: set %s: %s", id, sig == SIGUSR1 ? "down" : "up", rd_kafka_err2str(e));
+    }
+    rv_info("broker", "%s", sig == SIGUSR1 ? "SIGUSR1: all brokers down" : "SIGUSR2: all brokers up");
+    printf("brokers %s\n", sig == SIGUSR1 ? "down" : "up");
+    fflush(stdout);
   }
   rv_info("broker", "signal %d, stopping", sig);
 
@@ -167,6 +181,8 @@ static void usage(FILE *f, const char *prog) {
           "Runs an in-memory Kafka cluster (librdkafka mock brokers on loopback) until\n"
           "SIGTERM or SIGINT. Not durable: for development, demos and tests.\n"
           "Once clients can connect it prints \"bootstrap: HOST:PORT,...\" on stdout.\n"
+          "SIGUSR1 takes every broker down (connections dropped and refused, data kept),\n"
+          "SIGUSR2 brings them back; each prints \"brokers down\" / \"brokers up\".\n"
           "\n"
           "  -b, --brokers N                number of brokers (default 3)\n"
           "  -t, --topic NAME[:PARTITIONS]  create a topic (repeatable)\n"

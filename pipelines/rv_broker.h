@@ -54,9 +54,12 @@ void rv_broker_opts_init(rv_broker_opts_t *o);
 
 /* Runs a broker until SIGTERM or SIGINT: starts the cluster, creates the
  * topics, writes the bootstrap file, prints "bootstrap: <list>\n" on stdout
- * (flushed) once clients can connect, then waits in sigwait. Blocks SIGTERM
- * and SIGINT in the calling thread for its duration (call it before other
- * threads exist, so none of them takes the signal). Returns RV_OK after a
+ * (flushed) once clients can connect, then waits in sigwait. SIGUSR1 takes
+ * every broker down (rd_kafka_mock_broker_set_down: connections closed, new
+ * ones refused, data kept) and prints "brokers down\n"; SIGUSR2 brings them
+ * up and prints "brokers up\n". Blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2
+ * in the calling thread for its duration (call it before other threads
+ * exist, so none of them takes the signal). Returns RV_OK after a
  * signal, or an error (errstr set) if the cluster, a topic or the file
  * could not be made. Removes the bootstrap file on the way out. */
 rv_err_t rv_broker_run(const rv_broker_opts_t *opts, char *errstr, size_t errstr_size);

@@ -372,12 +372,16 @@ static const char *split_hostport(const char *s, char *host, size_t host_cap, in
 static const char *const kafka_keys[] = {"brokers", "partitions"};
 static const char *const postgres_keys[] = {"dsn", "mode"};
 static const char *const redis_keys[] = {"url"};
-static const char *const ingest_keys[] = {"batch_rows", "batch_ms", "max_metadata_bytes"};
-static const char *const index_keys[] = {"m", "ef_construction", "ef_search"};
+static const char *const ingest_keys[] = {"batch_rows", "batch_ms",     "max_metadata_bytes", "sq8_train",
+                                          "store_vector", "partman", "premake", "schema_registry",
+                                          "sq8_train_wait_ms"};
+static const char *const index_keys[] = {"m",           "ef_construction", "ef_search",
+                                         "storage",     "sq8_train",       "snapshot_dir",
+                                         "snapshot_interval_s"};
 static const char *const serve_keys[] = {"listen", "workers"};
 static const char *const cache_keys[] = {"l1_entries", "l2_ttl_s"};
 static const char *const collection_keys[] = {"name",      "dim",    "metric", "partitions",
-                                              "schema_id", "topics", "fields"};
+                                              "schema_id", "topics", "fields", "sq8_params"};
 static const char *const topic_keys[] = {"source", "changelog", "dlq"};
 static const char *const field_keys[] = {"name", "type"};
 static const char *const region_keys[] = {"name"};
@@ -469,6 +473,26 @@ static void load_ingest(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
   if ((v = field(c, n, "ingest", &f, 1, ingest_keys, 0))) get_int(c, v, "ingest.batch_ms", 1, 60000, &t->batch_ms);
   if ((v = field(c, n, "ingest", &f, 2, ingest_keys, 0)))
     get_int(c, v, "ingest.max_metadata_bytes", 16, 16777216, &t->max_metadata_bytes);
+  if ((v = field(c, n, "ingest", &f, 3, ingest_keys, 0))) get_int(c, v, "ingest.sq8_train", 1, 1000000, &t->sq8_train);
+  static const char *const bools[] = {"false", "true"};
+  if ((v = field(c, n, "ingest", &f, 4, ingest_keys, 0))) get_enum(c, v, "ingest.store_vector", bools, 2, &t->store_vector);
+  static const char *const partman_modes[] = {"auto", "off"}; /* same order as rv_partman_mode_t */
+  if ((v = field(c, n, "ingest", &f, 5, ingest_keys, 0))) get_enum(c, v, "ingest.partman", partman_modes, 2, &t->partman);
+  if ((v = field(c, n, "ingest", &f, 6, ingest_keys, 0))) get_int(c, v, "ingest.premake", 1, 120, &t->premake);
+  if ((v = field(c, n, "ingest", &f, 8, ingest_keys, 0)))
+    get_int(c, v, "ingest.sq8_train_wait_ms", 1, 3600000, &t->sq8_train_wait_ms);
+  if ((v = field(c, n, "ingest", &f, 7, ingest_keys, 0))) {
+    char buf[sizeof t->schema_registry];
+    if (get_str(c, v, "ingest.schema_registry", buf, sizeof buf)) {
+      /* The same rule as rv_registry_new: a URL of another scheme would otherwise be taken for a directory. */
+      size_t scheme = !strncmp(buf, "http://", 7) ? 7 : !strncmp(buf, "https://", 8) ? 8 : 0;
+      if ((scheme && !buf[scheme]) || (!scheme && strstr(buf, "://") && strncmp(buf, "file://", 7)))
+        problem(c, v, "ingest.schema_registry",
+                "expected an http(s):// Schema Registry URL, file:///dir or a directory of <id>.avsc, got '%s'",
+                SHOWN(buf));
+      else memcpy(t->schema_registry, buf, sizeof buf);
+    }
+  }
 }
 
 static void load_index(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
@@ -479,6 +503,14 @@ static void load_index(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
   if ((v = field(c, n, "index", &f, 1, index_keys, 0)))
     get_int(c, v, "index.ef_construction", 1, 10000, &t->hnsw_ef_construction);
   if ((v = field(c, n, "index", &f, 2, index_keys, 0))) get_int(c, v, "index.ef_search", 1, 10000, &t->hnsw_ef_search);
+  static const char *const storages[] = {"float", "sq8"}; /* same order as rv_hnsw_storage_t */
+  if ((v = field(c, n, "index", &f, 3, index_keys, 0))) get_enum(c, v, "index.storage", storages, 2, &t->hnsw_storage);
+  if ((v = field(c, n, "index", &f, 4, index_keys, 0)))
+    get_int(c, v, "index.sq8_train", 1, 1000000, &t->hnsw_sq8_train);
+  if ((v = field(c, n, "index", &f, 5, index_keys, 0)))
+    get_str(c, v, "index.snapshot_dir", t->snapshot_dir, sizeof t->snapshot_dir);
+  if ((v = field(c, n, "index", &f, 6, index_keys, 0)))
+    get_int(c, v, "index.snapshot_interval_s", 0, 86400, &t->snapshot_interval_s);
 }
 
 static void load_serve(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
@@ -649,6 +681,10 @@ static void load_collections(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
     memset(o, 0, sizeof *o); /* the slot of a dropped collection is reused */
     if ((v = field(c, item, ip, &f, 5, collection_keys, 0))) load_topics(c, v, SUB(ip, "topics"), col, o);
     if ((v = field(c, item, ip, &f, 6, collection_keys, 0))) load_fields(c, v, SUB(ip, "fields"), col);
+    char *params = t->sq8_params[t->n_collections];
+    params[0] = '\0'; /* the slot of a dropped collection is reused */
+    if ((v = field(c, item, ip, &f, 7, collection_keys, 0)))
+      get_str(c, v, SUB(ip, "sq8_params"), params, sizeof t->sq8_params[0]);
     if (!col->name[0]) continue; /* reported; not kept, so later checks do not cascade */
     name_node[t->n_collections] = f.val[0];
     if (col->partitions <= 0) col->partitions = t->kafka_partitions; /* kafka is loaded first */
@@ -736,9 +772,15 @@ static void set_defaults(rv_topology_t *t) {
   t->batch_rows = 5000;
   t->batch_ms = 50;
   t->max_metadata_bytes = 65536;
+  t->sq8_train = 1000;
+  t->sq8_train_wait_ms = 5000;
+  t->store_vector = 1;
+  t->partman = 0;
+  t->premake = 3;
   t->hnsw_m = 16;
   t->hnsw_ef_construction = 100;
   t->hnsw_ef_search = 64;
+  t->hnsw_sq8_train = 1000;
   strcpy(t->regions[0], "local");
   t->n_regions = 1;
   strcpy(t->serve_host, "127.0.0.1");

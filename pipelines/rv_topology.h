@@ -25,9 +25,21 @@ typedef struct rv_topology {
   int batch_rows;                   /* ingest.batch_rows, default 5000 */
   int batch_ms;                     /* ingest.batch_ms, default 50 */
   int max_metadata_bytes;           /* ingest.max_metadata_bytes, default 65536 */
+  int sq8_train;                    /* ingest.sq8_train: vectors SQ8 is trained from, default 1000 */
+  int sq8_train_wait_ms;            /* ingest.sq8_train_wait_ms: ... or fewer after this wait, default 5000 */
+  int store_vector;                 /* ingest.store_vector: raw float32 beside the codes, default 1 */
+  int partman;                      /* ingest.partman: auto (0) or off (1), default auto */
+  int premake;                      /* ingest.premake: months of partitions made ahead, default 3 */
+  char schema_registry[1024];       /* ingest.schema_registry: writer schemas by id, an http(s):// Schema
+                                       Registry URL or a directory of <id>.avsc; "" = none */
+  char sq8_params[RV_MAX_COLLECTIONS][512]; /* collections[i].sq8_params: SQ8 parameter file, "" = train */
   int hnsw_m;                       /* index.m, default 16 */
   int hnsw_ef_construction;         /* index.ef_construction, default 100 */
   int hnsw_ef_search;               /* index.ef_search, default 64 */
+  int hnsw_storage;                 /* index.storage: float (0, default) or sq8 (1), as rv_hnsw_storage_t */
+  int hnsw_sq8_train;               /* index.sq8_train: live vectors a replica trains SQ8 from, default 1000 */
+  char snapshot_dir[1024];          /* index.snapshot_dir: replica snapshots, "" = none (default) */
+  int snapshot_interval_s;          /* index.snapshot_interval_s: also save every N s, 0 = on stop only */
   char regions[RV_MAX_REGIONS][RV_NAME_MAX]; /* default one region, "local" */
   int n_regions;
   char serve_host[256];             /* serve.listen host, default 127.0.0.1; IPv6 without brackets */

@@ -45,6 +45,7 @@ typedef struct http_reply {
   unsigned char *buf; /* LWS_PRE + len bytes of body, owned; NULL when none waits */
   size_t len;
   unsigned status;    /* HTTP status code */
+  const char *content_type; /* static string */
   int await_body;     /* headers go out when the request body has arrived */
 } http_reply_t;
 
@@ -373,8 +374,7 @@ static char *not_found_json(const char *path, size_t *len) {
 static int http_send_headers(session_t *ss, struct lws *wsi) {
   unsigned char head[LWS_PRE + 512];
   unsigned char *start = head + LWS_PRE, *p = start, *end = head + sizeof head - 1;
-  if (lws_add_http_common_headers(wsi, ss->http.status, "application/json", ss->http.len, &p,
-                                  end) ||
+  if (lws_add_http_common_headers(wsi, ss->http.status, ss->http.content_type, ss->http.len, &p, end) ||
       lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
                                    (const unsigned char *)"no-store", 8, &p, end) ||
       lws_finalize_write_http_header(wsi, start, &p, end))
@@ -386,9 +386,17 @@ static int http_send_headers(session_t *ss, struct lws *wsi) {
 static int http_request(rv_serve_t *s, session_t *ss, struct lws *wsi, const char *path) {
   int get = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0;
   unsigned status = HTTP_STATUS_OK;
+  const char *content_type = "application/json";
   size_t len = 0;
   char *body;
-  if (get && !strcmp(path, "/health")) {
+  if (get && !strcmp(path, "/metrics") && s->conf.metrics) {
+    rv_buf_t text;
+    rv_buf_init(&text);
+    if (rv_metrics_write(s->conf.metrics, &text)) rv_buf_close(&text);
+    body = text.base ? (char *)text.base : strdup(""); /* an empty registry writes nothing */
+    len = text.len;
+    content_type = RV_METRICS_CONTENT_TYPE;
+  } else if (get && !strcmp(path, "/health")) {
     body = strdup("{\"status\":\"ok\"}");
     len = body ? strlen(body) : 0;
   } else if (get && !strcmp(path, "/api/stats")) {
@@ -410,6 +418,7 @@ static int http_request(rv_serve_t *s, session_t *ss, struct lws *wsi, const cha
   memcpy(ss->http.buf + LWS_PRE, body, len);
   ss->http.len = len;
   ss->http.status = status;
+  ss->http.content_type = content_type;
   free(body);
   /* lws holds back HTTP_WRITEABLE while a request body is arriving: answer
    * once it is complete (its bytes are discarded). */

@@ -2,11 +2,12 @@
 #define RV_SERVE_H
 /* The serving stage: one libwebsockets context on one port carrying the
  * WebSocket protocol rv.v1 (schemas/protocol.md) and HTTP endpoints
- * (/health, /api/stats). Searches run on a worker pool; results are cached
+ * (/health, /api/stats, and /metrics: Prometheus text format 0.0.4). Searches run on a worker pool; results are cached
  * in an L1 LRU and, when configured, an L2 Redis. */
 #include <stddef.h>
 
 #include "rv_err.h"
+#include "rv_metrics.h"
 #include "rv_replica.h"
 
 typedef struct rv_serve rv_serve_t;
@@ -29,6 +30,8 @@ typedef struct rv_serve_conf {
   int workers;                             /* search threads, default 2 (also when <= 0) */
   char cache_namespace[RV_NAME_MAX];       /* L2 keys are rv:<namespace>:q:<hex>, so pipelines sharing
                                               one Redis never see each other's entries; "" = "default" */
+  rv_metrics_t *metrics;                   /* served at GET /metrics; borrowed, must outlive the server;
+                                              NULL: /metrics answers 404 */
 } rv_serve_conf_t;
 
 /* Fills conf with the defaults: host 127.0.0.1, port 8080, no collections, no

@@ -53,6 +53,9 @@ static void test_reject_codes(void **state) {
   assert_string_equal("bad_metadata", rv_reject_code(RV_REJECT_BAD_METADATA));
   assert_string_equal("metadata_too_large", rv_reject_code(RV_REJECT_METADATA_TOO_LARGE));
   assert_string_equal("bad_event_time", rv_reject_code(RV_REJECT_BAD_EVENT_TIME));
+  assert_string_equal("incompatible_schema", rv_reject_code(RV_REJECT_INCOMPATIBLE_SCHEMA));
+  assert_int_equal(RV_REJECT_COUNT - 1, RV_REJECT_INCOMPATIBLE_SCHEMA); /* the last code */
+  assert_string_equal("unknown", rv_reject_code(RV_REJECT_COUNT));
 }
 
 static void test_utf8(void **state) {

@@ -71,6 +71,7 @@ class Env:
         self.dir = tempfile.mkdtemp(prefix="rv-it-")
         os.chmod(self.dir, 0o755)  # the embedded PostgreSQL runs as 'postgres' when we are root
         self.procs = []
+        self.cleanups = []  # callables close() runs after stopping the processes, last added first
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
@@ -134,6 +135,11 @@ class Env:
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
+        for fn in reversed(self.cleanups):
+            try:
+                fn()
+            except Exception as e:  # keep cleaning up
+                print(f"cleanup failed: {e}", file=sys.stderr)
         # Servers die with their parent (parent-death signal); make sure of it.
         for pidfile in (self.path("data", "pg", "data", "postmaster.pid"),):
             try:
@@ -255,3 +261,250 @@ def main(test_fn):
         env.close(keep_logs_on_failure=not ok)
     print("1 passed, 0 failed" if ok else "0 passed, 1 failed")
     sys.exit(0 if ok else 1)
+
+
+# ---- fault tests: PostgreSQL under pg_ctl, streams with versions, the changelog read back ----
+
+PG_BIN = os.environ.get("RV_PG_BINDIR", "/usr/lib/postgresql/15/bin")
+
+
+class PgCtl:
+    """A private PostgreSQL 15 in env.dir/pg driven with pg_ctl, the way an
+    operator would (so a test can `pg_ctl restart -m immediate` it). Unix
+    socket only; run as the 'postgres' user when we are root (PostgreSQL
+    refuses root). env.close() stops it."""
+
+    def __init__(self, env):
+        import pwd
+        self.env = env
+        self.base = env.path("pg")
+        self.data = os.path.join(self.base, "data")
+        self.sock = os.path.join(self.base, "run")
+        self.logfile = env.path("postgres.log")
+        self.as_user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        for d in (self.base, self.sock):
+            os.makedirs(d, exist_ok=True)
+        open(self.logfile, "a").close()
+        if self.as_user:
+            for p in (self.base, self.sock, self.logfile):
+                os.chown(p, self.as_user.pw_uid, self.as_user.pw_gid)
+        self.conninfo = f"host={self.sock} port=5432 dbname=ruvector user=ruvector"
+        env.cleanups.append(self.stop)
+
+    def _demote(self):
+        if self.as_user:
+            os.setgid(self.as_user.pw_gid)
+            os.setuid(self.as_user.pw_uid)
+
+    def ctl(self, *args, timeout=120):
+        r = subprocess.run([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data] + list(args), capture_output=True,
+                           text=True, timeout=timeout, preexec_fn=self._demote, cwd=self.base)
+        log(f"pg_ctl {' '.join(args)}: exit {r.returncode}")
+        check(r.returncode == 0, f"pg_ctl {' '.join(args)} failed: {r.stdout} {r.stderr}")
+
+    def start(self):
+        if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
+            r = subprocess.run([os.path.join(PG_BIN, "initdb"), "-D", self.data, "-U", "ruvector", "--auth=trust",
+                                "-E", "UTF8", "--no-locale", "--no-sync"], capture_output=True, text=True,
+                               timeout=120, preexec_fn=self._demote, cwd=self.base)
+            check(r.returncode == 0, f"initdb failed: {r.stdout} {r.stderr}")
+        # fsync off: these tests crash processes, not the machine, so the page cache survives them.
+        self.ctl("start", "-w", "-t", "60", "-l", self.logfile, "-o",
+                 f"-k {self.sock} -c listen_addresses='' -c fsync=off -c max_connections=60")
+        if psql(self.conninfo.replace("dbname=ruvector", "dbname=postgres"),
+                "SELECT count(*) FROM pg_database WHERE datname = 'ruvector'") == "0":
+            psql(self.conninfo.replace("dbname=ruvector", "dbname=postgres"), "CREATE DATABASE ruvector")
+        return self
+
+    def restart_immediate(self):
+        """Crash-stops the server (no checkpoint, clients cut off) and starts it again: crash recovery."""
+        self.ctl("restart", "-m", "immediate", "-w", "-t", "60", "-l", self.logfile, "-o",
+                 f"-k {self.sock} -c listen_addresses='' -c fsync=off -c max_connections=60")
+
+    def stop(self):
+        if os.path.exists(os.path.join(self.data, "postmaster.pid")):
+            self.ctl("stop", "-m", "fast", "-w", "-t", "60")
+
+    def query(self, sql, params=None):
+        import psycopg2
+        with psycopg2.connect(self.conninfo) as c, c.cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall() if cur.description else None
+        c.close()
+        return rows
+
+
+def start_broker(env, collection, partitions, name="broker"):
+    """`ruvector broker` with collection's three topics; returns (process, bootstrap)."""
+    bootstrap_file = env.path(f"{name}.bootstrap")
+    broker = env.start([env.ruvector, "broker", "--collection", f"{collection}:{partitions}",
+                        "--bootstrap-file", bootstrap_file], name)
+    bootstrap = wait_for("broker bootstrap file", lambda: open(bootstrap_file).read().strip(), 30, alive=[broker])
+    return broker, bootstrap
+
+
+def write_versioned_stream(path, n_records, n_ids, dim, seed=1, prefix="r"):
+    """Writes n_records JSON lines over n_ids ids (each id at least once): every
+    id's k-th record has metadata {"v": k} and a vector that depends on (id, k);
+    the versions of an id are interleaved with everything else. Returns
+    {id: (latest k, latest vector bytes as float32 LE)}."""
+    import random
+    rng = random.Random(seed)
+    seq = list(range(n_ids)) + [rng.randrange(n_ids) for _ in range(n_records - n_ids)]
+    rng.shuffle(seq)
+    count = [0] * n_ids
+    with open(path, "w") as f:
+        for i in seq:
+            count[i] += 1
+            k = count[i]
+            vec = [float(i % 1000) + k * 0.5 + j * 0.25 for j in range(dim)]  # exact in float32
+            f.write(json.dumps({"id": f"{prefix}{i:07d}", "vector": vec, "metadata": {"v": k}}) + "\n")
+    latest = {}
+    for i in range(n_ids):
+        k = count[i]
+        vec = [float(i % 1000) + k * 0.5 + j * 0.25 for j in range(dim)]
+        latest[f"{prefix}{i:07d}"] = (k, struct.pack(f"<{dim}f", *vec))
+    return latest
+
+
+def _avro_long(b, pos):
+    shift = n = 0
+    while True:
+        byte = b[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+
+
+def _avro_bytes(b, pos):
+    n, pos = _avro_long(b, pos)
+    return b[pos:pos + n], pos + n
+
+
+def decode_change(b):
+    """Decodes one changelog record (schemas/changelog_record.avsc, plain Avro)."""
+    c = {}
+    raw, pos = _avro_bytes(b, 0)
+    c["id"] = raw.decode()
+    op, pos = _avro_long(b, pos)
+    c["op"] = ("UPSERT", "DELETE")[op]
+    c["partition"], pos = _avro_long(b, pos)
+    c["offset"], pos = _avro_long(b, pos)
+    branch, pos = _avro_long(b, pos)
+    c["vector"] = None
+    if branch == 1:
+        vec = bytearray()
+        while True:
+            n, pos = _avro_long(b, pos)
+            if n == 0:
+                break
+            if n < 0:
+                n = -n
+                _, pos = _avro_long(b, pos)  # block size in bytes
+            vec += b[pos:pos + 4 * n]
+            pos += 4 * n
+        c["vector"] = bytes(vec)
+    branch, pos = _avro_long(b, pos)
+    c["sq8"] = None
+    if branch == 1:
+        version, pos = _avro_long(b, pos)
+        code, pos = _avro_bytes(b, pos)
+        c["sq8"] = (version, code)
+    branch, pos = _avro_long(b, pos)
+    c["attributes"] = None
+    if branch == 1:
+        raw, pos = _avro_bytes(b, pos)
+        c["attributes"] = raw.decode()
+    branch, pos = _avro_long(b, pos)
+    c["event_time"] = None
+    if branch == 1:
+        c["event_time"], pos = _avro_long(b, pos)
+    c["created_at"], pos = _avro_long(b, pos)
+    branch, pos = _avro_long(b, pos)
+    c["traceparent"] = None
+    if branch == 1:
+        raw, pos = _avro_bytes(b, pos)
+        c["traceparent"] = raw.decode()
+    check(pos == len(b), f"changelog record of {c['id']}: {len(b) - pos} trailing byte(s)")
+    return c
+
+
+def kcat_read(bootstrap, topic, timeout=180):
+    """Every message of every partition of topic, from the beginning to the
+    end: [(partition, offset, key bytes or None, value bytes or None)], read
+    with kcat (an independent client)."""
+    r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
+                        "-f", "%p %o %K %S\n%k%s"], capture_output=True, timeout=timeout)
+    check(r.returncode == 0, f"kcat -C {topic} failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
+    out, pos, msgs = r.stdout, 0, []
+    while pos < len(out):
+        nl = out.index(b"\n", pos)
+        p, o, klen, vlen = (int(x) for x in out[pos:nl].split())
+        pos = nl + 1
+        key = out[pos:pos + klen] if klen >= 0 else None
+        pos += max(klen, 0)
+        val = out[pos:pos + vlen] if vlen >= 0 else None
+        pos += max(vlen, 0)
+        msgs.append((p, o, key, val))
+    return msgs
+
+
+def check_exactly_once(pg, table, latest, bootstrap, changelog_topic):
+    """The final state after a fault test: the table holds exactly the
+    produced ids, once each, each with its latest version (metadata v and
+    vector); the outbox is empty; the changelog holds every id, and each id's
+    newest change there is the very version stored in PostgreSQL (so nothing
+    was published that was not committed later overwritten, and nothing
+    committed is missing). Returns the number of changelog messages."""
+    rows = pg.query(f"SELECT id, (metadata->>'v')::int, vector, src_partition, src_offset, deleted_at IS NULL "
+                    f"FROM {table}")
+    check(len(rows) == len(latest), f"{table} holds {len(rows)} rows, {len(latest)} ids were produced")
+    stored = {}
+    for rid, v, vec, part, off, live in rows:
+        check(rid not in stored, f"{rid} is stored twice")
+        check(rid in latest, f"{rid} is stored but was never produced")
+        want_v, want_vec = latest[rid]
+        check(live, f"{rid} is deleted")
+        check(v == want_v, f"{rid}: stored version v={v}, the latest produced is v={want_v}")
+        check(bytes(vec) == want_vec, f"{rid}: stored vector is not the latest produced")
+        stored[rid] = (part, off)
+    n_outbox = pg.query(f"SELECT count(*) FROM {table}_outbox")[0][0]
+    check(n_outbox == 0, f"{n_outbox} change(s) left in {table}_outbox")
+    newest = {}
+    msgs = kcat_read(bootstrap, changelog_topic)
+    for _, _, key, val in msgs:
+        check(val is not None, f"changelog message with key {key!r} has no value")
+        c = decode_change(val)
+        check(key == c["id"].encode(), f"changelog key {key!r} != id {c['id']}")
+        ver = (c["partition"], c["offset"])
+        if c["id"] not in newest or ver > newest[c["id"]][0]:
+            newest[c["id"]] = (ver, c)
+    missing = [rid for rid in latest if rid not in newest]
+    check(not missing, f"{len(missing)} id(s) never reached the changelog, e.g. {missing[:5]}")
+    extra = [rid for rid in newest if rid not in latest]
+    check(not extra, f"changelog has ids never produced: {extra[:5]}")
+    for rid, (ver, c) in newest.items():
+        check(ver == stored[rid], f"{rid}: newest changelog version {ver}, PostgreSQL holds {stored[rid]}")
+        want_v, want_vec = latest[rid]
+        check(c["op"] == "UPSERT" and c["vector"] == want_vec and json.loads(c["attributes"])["v"] == want_v,
+              f"{rid}: newest change is not the latest version (v={want_v})")
+    log(f"exactly-once check passed: {len(rows)} rows, {len(msgs)} changelog messages for {len(newest)} ids")
+    return len(msgs)
+
+
+def parse_stats(line):
+    """{'consumed': n, ...} from an ingest progress/stopped line."""
+    words = line.split(":", 1)[1].split()
+    return {words[i]: int(words[i + 1]) for i in range(0, len(words) - 1, 2) if words[i + 1].isdigit()}
+
+
+def last_stats(path, kind="progress"):
+    """The stats of the last `kind` line ("progress" or "stopped") in an ingest log, or None."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l for l in f if l.startswith(kind + " ")]
+    except OSError:
+        return None
+    return parse_stats(lines[-1]) if lines else None

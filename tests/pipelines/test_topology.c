@@ -123,6 +123,10 @@ static void test_demo_loads_with_defaults(void **state) {
   assert_int_equal(t.hnsw_m, 16);
   assert_int_equal(t.hnsw_ef_construction, 100);
   assert_int_equal(t.hnsw_ef_search, 64);
+  assert_int_equal(t.hnsw_storage, 0); /* float */
+  assert_int_equal(t.hnsw_sq8_train, 1000);
+  assert_string_equal(t.snapshot_dir, "");
+  assert_int_equal(t.snapshot_interval_s, 0);
   assert_int_equal(t.n_regions, 1);
   assert_string_equal(t.regions[0], "local");
   assert_string_equal(t.serve_host, "127.0.0.1");
@@ -203,6 +207,10 @@ static void test_every_key(void **state) {
   assert_int_equal(t.hnsw_m, 32);
   assert_int_equal(t.hnsw_ef_construction, 400);
   assert_int_equal(t.hnsw_ef_search, 128);
+  assert_int_equal(t.hnsw_storage, 1); /* sq8 */
+  assert_int_equal(t.hnsw_sq8_train, 5000);
+  assert_string_equal(t.snapshot_dir, "/srv/ruvector/snapshots");
+  assert_int_equal(t.snapshot_interval_s, 300);
   assert_int_equal(t.n_regions, 3);
   assert_string_equal(t.regions[0], "us-central1");
   assert_string_equal(t.regions[2], "asia-east1");
@@ -314,6 +322,54 @@ static void test_range_and_enum_errors(void **state) {
                      25, "collections[0].fields[0].type: expected one of keyword, number, got 'text'");
 }
 
+static void test_schema_registry(void **state) {
+  rv_topology_t t;
+  parse_ok(MINIMAL, &t);
+  assert_string_equal("", t.schema_registry); /* default: none */
+  parse_ok(MINIMAL "ingest:\n  schema_registry: http://127.0.0.1:8081/\n", &t);
+  assert_string_equal("http://127.0.0.1:8081/", t.schema_registry);
+  parse_ok(MINIMAL "ingest: {schema_registry: https://registry.example:443}\n", &t);
+  assert_string_equal("https://registry.example:443", t.schema_registry);
+  parse_ok(MINIMAL "ingest: {schema_registry: /etc/ruvector/schemas}\n", &t);
+  assert_string_equal("/etc/ruvector/schemas", t.schema_registry);
+  parse_ok(MINIMAL "ingest: {schema_registry: 'file:///srv/schemas'}\n", &t);
+  assert_string_equal("file:///srv/schemas", t.schema_registry);
+  assert_one_problem(MINIMAL "ingest:\n  schema_registry: ftp://host/schemas\n", 6, 20,
+                     "ingest.schema_registry: expected an http(s):// Schema Registry URL, file:///dir or a "
+                     "directory of <id>.avsc, got 'ftp://host/schemas'");
+  assert_one_problem(MINIMAL "ingest:\n  schema_registry: http://\n", 6, 20, "got 'http://'");
+  assert_one_problem(MINIMAL "ingest:\n  schema_registry: ''\n", 6, 20, "ingest.schema_registry: must not be empty");
+}
+
+/* Quantization and partitioning keys of ingest (rv_quant.h, rv_pgschema.h). */
+static void test_quantization_and_partition_keys(void **state) {
+  (void)state;
+  rv_topology_t t;
+  parse_ok(MINIMAL, &t);
+  assert_int_equal(1000, t.sq8_train);
+  assert_int_equal(5000, t.sq8_train_wait_ms);
+  assert_int_equal(1, t.store_vector);
+  assert_int_equal(0, t.partman);
+  assert_int_equal(3, t.premake);
+  assert_string_equal("", t.sq8_params[0]);
+  parse_ok("name: m\ncollections:\n  - name: c\n    dim: 4\n    sq8_params: /srv/c.sq8\n"
+           "ingest: {sq8_train: 20, sq8_train_wait_ms: 100, store_vector: false, partman: 'off', premake: 12}\n",
+           &t);
+  assert_int_equal(20, t.sq8_train);
+  assert_int_equal(100, t.sq8_train_wait_ms);
+  assert_int_equal(0, t.store_vector);
+  assert_int_equal(1, t.partman);
+  assert_int_equal(12, t.premake);
+  assert_string_equal("/srv/c.sq8", t.sq8_params[0]);
+  assert_one_problem(MINIMAL "ingest:\n  sq8_train: 0\n", 6, 14, "ingest.sq8_train: value 0 out of range 1..1000000");
+  assert_one_problem(MINIMAL "ingest:\n  partman: maybe\n", 6, 12,
+                     "ingest.partman: expected one of auto, off, got 'maybe'");
+  assert_one_problem(MINIMAL "ingest:\n  store_vector: yes\n", 6, 17,
+                     "ingest.store_vector: expected one of false, true, got 'yes'");
+  assert_one_problem(MINIMAL "ingest:\n  premake: 121\n", 6, 12, "ingest.premake: value 121 out of range 1..120");
+  assert_one_problem(MINIMAL "    sq8_params: ''\n", 5, 17, "collections[0].sq8_params: must not be empty");
+}
+
 static void test_missing_required(void **state) {
   /* at the mapping that lacks the key */
   assert_one_problem("collections:\n  - name: c\n    dim: 4\n", 1, 1, "missing required key 'name'");
@@ -331,6 +387,8 @@ static void test_unknown_and_duplicate_keys(void **state) {
   assert_one_problem(MINIMAL "indx:\n  m: 8\n", 5, 1, "unknown key 'indx' (did you mean 'index'?)");
   assert_one_problem(MINIMAL "serve:\n  colour: blue\n", 6, 3, "serve: unknown key 'colour' (expected one of listen, workers)");
   assert_one_problem(MINIMAL "index:\n  efsearch: 8\n", 6, 3, "(did you mean 'ef_search'?)");
+  assert_one_problem(MINIMAL "index:\n  storage: pq\n", 6, 12, "index.storage: expected one of float, sq8, got 'pq'");
+  assert_one_problem(MINIMAL "index:\n  snapshot_interval_s: -1\n", 6, 24, "out of range 0..86400");
   assert_one_problem(MINIMAL "index:\n  m: 8\n  m: 9\n", 7, 3, "index: duplicate key 'm' (first at line 6)");
   assert_one_problem(MINIMAL "name: again\n", 5, 1, "duplicate key 'name' (first at line 1)");
 }
@@ -589,6 +647,8 @@ int main(void) {
       cmocka_unit_test(test_unreadable_file),
       cmocka_unit_test(test_aliases_resolve),
       cmocka_unit_test(test_deep_flow_nesting_is_refused),
+      cmocka_unit_test(test_schema_registry),
+      cmocka_unit_test(test_quantization_and_partition_keys),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
