@@ -4,7 +4,9 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <librdkafka/rdkafka.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -13,23 +15,33 @@
 #include <string.h>
 #include <time.h>
 
+#include "rv_attrs.h"
+#include "rv_buf.h"
+#include "rv_bytes.h"
 #include "rv_kafka.h"
 #include "rv_log.h"
+#include "rv_planner.h"
+#include "rv_snapshot.h"
 #include "rv_time.h"
 
 #define LOG "replica"
 #define DEFAULT_EF 64             /* the seed's ef_search */
+#define DEFAULT_M 16
+#define DEFAULT_EF_CONSTRUCTION 100
+#define DEFAULT_SQ8_TRAIN 1000
 #define METADATA_RETRY_MS 500     /* how often to look for a changelog topic that does not exist yet */
 #define POLL_MS 100               /* bounds how long rv_replica_destroy waits for the applier */
 #define LAG_REFRESH_MS 50
 
-/* The last version applied for one id; kept after a delete so that a stale
- * upsert re-delivered later cannot resurrect the id. Never removed. */
+/* The last version applied for one id, and the id's metadata while it is
+ * live; kept after a delete so that a stale upsert re-delivered later cannot
+ * resurrect the id. Never removed. */
 typedef struct version {
   char *id; /* owned; NULL marks an empty table slot */
   uint64_t hash;
   int32_t partition;
   int64_t offset;
+  char *metadata; /* owned JSON text; NULL when the id has none or is deleted */
 } version_t;
 
 typedef struct versions {
@@ -40,11 +52,19 @@ typedef struct versions {
 
 struct rv_replica {
   rv_replica_conf_t conf;
-  pthread_rwlock_t lock; /* write: apply; read: search, stats */
-  rv_flat_t *flat;       /* under lock */
+  pthread_rwlock_t lock; /* write: apply, SQ8 rebuild, publishing next_off; read: search, stats, snapshot */
+  rv_hnsw_t *hnsw;       /* under lock (replaced by the SQ8 rebuild) */
+  rv_attrs_t *attrs;     /* under lock; slots are hnsw's internal ids */
   versions_t versions;   /* under lock */
   uint64_t applied;      /* under lock */
   uint64_t generation;   /* under lock */
+  int sq8_pending;       /* under lock: SQ8 wanted, the index is still float */
+  int restored;          /* set by new only */
+  int64_t *start_off;    /* offsets loaded from the snapshot (-1: beginning); immutable after new */
+  int n_start;
+  _Atomic int64_t *next_off; /* the applier's next offset per partition (-1: none read); the pointer is
+                                published under the write lock, entries stored by the applier only */
+  int n_parts;               /* under lock, with next_off */
   atomic_uint_fast64_t skipped;
   atomic_int_fast64_t lag; /* written by the applier thread */
   atomic_bool stop;        /* set by rv_replica_destroy */
@@ -54,8 +74,7 @@ struct rv_replica {
   rv_codec_t *codec; /* used by the applier thread only */
 };
 
-
-static version_t *versions_find(versions_t *v, const char *id, uint64_t h) {
+static version_t *versions_find(const versions_t *v, const char *id, uint64_t h) {
   if (!v->cap) return NULL;
   size_t mask = v->cap - 1;
   for (size_t i = h & mask; v->slots[i].id; i = (i + 1) & mask)
@@ -85,6 +104,7 @@ static rv_err_t versions_reserve(versions_t *v) {
     version_t *e = versions_put(&grown, v->slots[i].id, v->slots[i].hash);
     e->partition = v->slots[i].partition;
     e->offset = v->slots[i].offset;
+    e->metadata = v->slots[i].metadata;
   }
   free(v->slots);
   *v = grown;
@@ -92,7 +112,10 @@ static rv_err_t versions_reserve(versions_t *v) {
 }
 
 static void versions_close(versions_t *v) {
-  for (size_t i = 0; i < v->cap; i++) free(v->slots[i].id);
+  for (size_t i = 0; i < v->cap; i++) {
+    free(v->slots[i].id);
+    free(v->slots[i].metadata);
+  }
   free(v->slots);
   memset(v, 0, sizeof *v);
 }
@@ -111,6 +134,99 @@ static int init_lock(pthread_rwlock_t *lock) {
   return rc;
 }
 
+/* ---- attributes from metadata ------------------------------------------ */
+
+/* The declared fields' values found in one metadata text. */
+typedef struct parsed_attrs {
+  json_t *root; /* owns the keyword strings vals point into */
+  rv_attr_value_t vals[RV_MAX_FIELDS];
+  char ints[RV_MAX_FIELDS][24]; /* integers given for keyword fields, as decimal text */
+  int n;
+} parsed_attrs_t;
+
+/* Fills p from metadata (NULL, not JSON or not an object: no values). A
+ * value of the wrong type leaves its field missing: metadata is the
+ * producer's, and one odd record must not stop the applier. */
+static void parse_attrs(const rv_collection_conf_t *col, const char *metadata, parsed_attrs_t *p) {
+  memset(p, 0, sizeof *p);
+  if (!metadata || col->n_fields == 0) return;
+  p->root = json_loads(metadata, 0, NULL);
+  if (!p->root) return;
+  if (!json_is_object(p->root)) {
+    json_decref(p->root);
+    p->root = NULL;
+    return;
+  }
+  for (int f = 0; f < col->n_fields; f++) {
+    const rv_field_conf_t *fc = &col->fields[f];
+    json_t *v = json_object_get(p->root, fc->name);
+    if (!v) continue;
+    rv_attr_value_t *out = &p->vals[p->n];
+    out->field = fc->name;
+    out->keyword = NULL;
+    out->number = NAN;
+    if (fc->type == RV_FIELD_KEYWORD) {
+      if (json_is_string(v) && json_string_length(v) <= RV_ATTR_VALUE_MAX &&
+          strlen(json_string_value(v)) == json_string_length(v)) {
+        out->keyword = json_string_value(v);
+      } else if (json_is_integer(v)) {
+        snprintf(p->ints[p->n], sizeof p->ints[p->n], "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        out->keyword = p->ints[p->n];
+      } else {
+        continue;
+      }
+    } else {
+      if (!json_is_number(v) || !isfinite(json_number_value(v))) continue;
+      out->number = json_number_value(v);
+    }
+    p->n++;
+  }
+}
+
+static void parsed_attrs_close(parsed_attrs_t *p) {
+  json_decref(p->root);
+  p->root = NULL;
+}
+
+/* Sets slot iid's attributes from metadata. Under the write lock. */
+static void set_attrs(rv_replica_t *r, rv_attrs_t *a, uint32_t iid, const char *id, const parsed_attrs_t *p) {
+  if (!p->n) return; /* a fresh or cleared slot has none */
+  char errstr[256];
+  if (rv_attrs_set(a, iid, p->vals, p->n, errstr, sizeof errstr))
+    rv_warn(LOG, "%s: id '%s': filter attributes not stored: %s", r->conf.region, id, errstr);
+}
+
+/* ---- construction --------------------------------------------------------- */
+
+static void make_hnsw_conf(const rv_replica_conf_t *c, rv_hnsw_storage_t storage, rv_hnsw_conf_t *hc) {
+  rv_hnsw_conf_defaults(hc);
+  hc->dim = c->collection.dim;
+  hc->metric = c->collection.metric;
+  hc->M = c->hnsw_m;
+  hc->ef_construction = c->ef_construction;
+  hc->ef_search = c->ef_search;
+  hc->storage = storage;
+}
+
+/* A new empty float index and attribute store into *h and *a. */
+static rv_err_t new_engine(const rv_replica_conf_t *c, rv_hnsw_t **h, rv_attrs_t **a, char *errstr,
+                           size_t errstr_size) {
+  rv_hnsw_conf_t hc;
+  make_hnsw_conf(c, RV_HNSW_FLOAT, &hc);
+  *h = rv_hnsw_new(&hc, errstr, errstr_size);
+  if (!*h) return RV_ERR_CONFIG;
+  *a = rv_attrs_new(c->collection.fields, c->collection.n_fields, errstr, errstr_size);
+  if (!*a) {
+    rv_hnsw_destroy(*h);
+    *h = NULL;
+    if (!errstr[0]) rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    return RV_ERR_CONFIG;
+  }
+  return RV_OK;
+}
+
+static rv_err_t load_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size);
+
 rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t errstr_size) {
   if (!conf) {
     rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no configuration");
@@ -125,10 +241,14 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
   rv_replica_conf_t *c = &r->conf;
   c->brokers[sizeof c->brokers - 1] = '\0';
   c->region[sizeof c->region - 1] = '\0';
+  c->snapshot_path[sizeof c->snapshot_path - 1] = '\0';
   c->collection.name[sizeof c->collection.name - 1] = '\0';
   c->collection.changelog_topic[sizeof c->collection.changelog_topic - 1] = '\0';
   if (c->collection.name[0]) rv_collection_default_topics(&c->collection);
   if (c->ef_search <= 0) c->ef_search = DEFAULT_EF;
+  if (c->hnsw_m <= 0) c->hnsw_m = DEFAULT_M;
+  if (c->ef_construction <= 0) c->ef_construction = DEFAULT_EF_CONSTRUCTION;
+  if (c->sq8_train <= 0) c->sq8_train = DEFAULT_SQ8_TRAIN;
   atomic_init(&r->skipped, 0);
   atomic_init(&r->lag, -1);
   atomic_init(&r->stop, false);
@@ -137,35 +257,127 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
     rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "collection dim %d is not in 1..65536", c->collection.dim);
     goto fail;
   }
+  if (c->collection.metric != RV_METRIC_L2 && c->collection.metric != RV_METRIC_COSINE &&
+      c->collection.metric != RV_METRIC_IP) {
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "unknown metric %d", (int)c->collection.metric);
+    goto fail;
+  }
+  if (c->storage != RV_HNSW_FLOAT && c->storage != RV_HNSW_SQ8) {
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "storage %d: the replica keeps float or sq8", (int)c->storage);
+    goto fail;
+  }
   if (c->brokers[0] && !c->collection.changelog_topic[0]) {
     rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "brokers given but no collection name or changelog topic");
     goto fail;
   }
-  r->flat = rv_flat_new(c->collection.dim, c->collection.metric);
-  if (!r->flat) {
-    if (errno == ENOMEM) rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    else rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "unknown metric %d", (int)c->collection.metric);
-    goto fail;
-  }
+  if (new_engine(c, &r->hnsw, &r->attrs, errstr, errstr_size)) goto fail;
+  r->sq8_pending = c->storage == RV_HNSW_SQ8;
   if (init_lock(&r->lock)) {
     rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "pthread_rwlock_init failed");
-    rv_flat_destroy(r->flat);
     goto fail;
+  }
+  if (c->snapshot_path[0]) {
+    char why[512] = "";
+    rv_err_t err = load_snapshot(r, why, sizeof why);
+    if (err == RV_ERR_NOT_FOUND)
+      rv_info(LOG, "%s/%s: no snapshot at %s; building from the changelog", c->collection.name, c->region,
+              c->snapshot_path);
+    else if (err == RV_ERR_NOMEM) {
+      rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "loading snapshot %s: out of memory", c->snapshot_path);
+      pthread_rwlock_destroy(&r->lock);
+      goto fail;
+    } else if (err)
+      rv_error(LOG, "%s/%s: snapshot %s not used, rebuilding from the changelog: %s", c->collection.name, c->region,
+               c->snapshot_path, why);
   }
   return r;
 fail:
+  rv_hnsw_destroy(r->hnsw);
+  rv_attrs_destroy(r->attrs);
+  versions_close(&r->versions);
+  free(r->start_off);
   free(r);
   return NULL;
 }
 
+/* ---- SQ8: train once enough vectors are live, rebuild the graph ------------ */
+
+/* Under the write lock. Trains from every live vector and re-inserts them
+ * into a new SQ8 index (attributes re-derived from the stored metadata), then
+ * swaps it in. On failure logs and keeps the float index for good. */
+static void quantize_locked(rv_replica_t *r) {
+  r->sq8_pending = 0;
+  const rv_replica_conf_t *c = &r->conf;
+  int dim = c->collection.dim;
+  uint32_t bound = rv_hnsw_id_bound(r->hnsw);
+  size_t n = rv_hnsw_count(r->hnsw);
+  char errstr[256] = "", id[RV_ID_MAX + 1];
+  uint32_t *iids = malloc((n ? n : 1) * sizeof *iids);
+  float *sample = malloc((n ? n : 1) * (size_t)dim * sizeof *sample);
+  rv_hnsw_t *nh = NULL;
+  rv_attrs_t *na = NULL;
+  int64_t t0 = rv_mono_ms();
+  if (!iids || !sample) {
+    snprintf(errstr, sizeof errstr, "out of memory");
+    goto fail;
+  }
+  size_t m = 0;
+  for (uint32_t i = 0; i < bound && m < n; i++)
+    if (rv_hnsw_is_live(r->hnsw, i) && rv_hnsw_get_vector(r->hnsw, i, sample + m * (size_t)dim) == RV_OK)
+      iids[m++] = i;
+  rv_hnsw_conf_t hc;
+  make_hnsw_conf(c, RV_HNSW_SQ8, &hc);
+  if (!(nh = rv_hnsw_new(&hc, errstr, sizeof errstr))) goto fail;
+  if (rv_hnsw_train(nh, sample, m, errstr, sizeof errstr)) goto fail;
+  if (!(na = rv_attrs_new(c->collection.fields, c->collection.n_fields, errstr, sizeof errstr))) goto fail;
+  for (size_t j = 0; j < m; j++) {
+    uint32_t niid;
+    if (rv_hnsw_external_id(r->hnsw, iids[j], id, sizeof id) ||
+        rv_hnsw_upsert(nh, id, sample + j * (size_t)dim, dim, &niid)) {
+      snprintf(errstr, sizeof errstr, "re-inserting id '%.200s' failed", id);
+      goto fail;
+    }
+    version_t *v = versions_find(&r->versions, id, rv__hash_id(id));
+    parsed_attrs_t pa;
+    parse_attrs(&c->collection, v ? v->metadata : NULL, &pa);
+    set_attrs(r, na, niid, id, &pa);
+    parsed_attrs_close(&pa);
+  }
+  rv_hnsw_destroy(r->hnsw);
+  rv_attrs_destroy(r->attrs);
+  r->hnsw = nh;
+  r->attrs = na;
+  rv_info(LOG, "%s/%s: SQ8 quantizer trained from %zu vectors; graph rebuilt in %lld ms", c->collection.name,
+          c->region, m, (long long)(rv_mono_ms() - t0));
+  free(iids);
+  free(sample);
+  return;
+fail:
+  rv_warn(LOG, "%s/%s: SQ8 training failed, keeping float vectors: %s", c->collection.name, c->region, errstr);
+  rv_hnsw_destroy(nh);
+  rv_attrs_destroy(na);
+  free(iids);
+  free(sample);
+}
+
+/* ---- applying changes ------------------------------------------------------ */
+
 rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c) {
   if (!r || !c || !c->id || !c->id[0]) return RV_ERR_INVALID;
   if (c->op != RV_OP_UPSERT && c->op != RV_OP_DELETE) return RV_ERR_INVALID;
-  if (c->op == RV_OP_UPSERT && !c->vector) return RV_ERR_INVALID;
-  if (c->op == RV_OP_UPSERT && c->dim != r->conf.collection.dim) return RV_ERR_DIM;
+  int upsert = c->op == RV_OP_UPSERT;
+  if (upsert && !c->vector) return RV_ERR_INVALID;
+  if (upsert && c->dim != r->conf.collection.dim) return RV_ERR_DIM;
 
+  /* Parsing and copying outside the lock: searches wait only for the index work. */
+  parsed_attrs_t pa;
+  parse_attrs(&r->conf.collection, upsert ? c->attributes : NULL, &pa);
+  char *meta_copy = NULL, *id_copy = NULL;
+  if (upsert && c->attributes && !(meta_copy = strdup(c->attributes))) {
+    parsed_attrs_close(&pa);
+    return RV_ERR_NOMEM;
+  }
   uint64_t h = rv__hash_id(c->id);
-  char *id_copy = NULL;
   rv_err_t err = RV_OK;
   pthread_rwlock_wrlock(&r->lock);
   version_t *v = versions_find(&r->versions, c->id, h);
@@ -181,47 +393,372 @@ rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c) {
     if (!err && !(id_copy = strdup(c->id))) err = RV_ERR_NOMEM;
     if (err) goto out;
   }
-  if (c->op == RV_OP_UPSERT) err = rv_flat_upsert(r->flat, c->id, c->vector, c->dim, c->attributes);
-  else err = rv_flat_delete(r->flat, c->id);
-  int altered = err == RV_OK;
-  if (err == RV_ERR_NOT_FOUND) err = RV_OK; /* deleting an unknown id still records its version */
-  if (err) goto out;
+  int altered = 0;
+  uint32_t old = 0, iid = 0;
+  int had = rv_hnsw_internal_id(r->hnsw, c->id, &old) == RV_OK;
+  if (upsert) {
+    /* rv_attrs.h's order: upsert, set the new slot, clear the replaced one. */
+    err = rv_hnsw_upsert(r->hnsw, c->id, c->vector, c->dim, &iid);
+    if (err) goto out;
+    set_attrs(r, r->attrs, iid, c->id, &pa);
+    if (had) rv_attrs_clear(r->attrs, old);
+    altered = 1;
+  } else if (had) {
+    err = rv_hnsw_delete(r->hnsw, c->id);
+    if (err) goto out;
+    rv_attrs_clear(r->attrs, old);
+    altered = 1;
+  } /* deleting an unknown id still records its version */
   if (!v) {
     v = versions_put(&r->versions, id_copy, h);
     id_copy = NULL;
   }
   v->partition = c->src_partition;
   v->offset = c->src_offset;
+  free(v->metadata);
+  v->metadata = meta_copy; /* NULL for deletes */
+  meta_copy = NULL;
   r->applied++;
   if (altered) r->generation++;
+  if (upsert && r->sq8_pending && rv_hnsw_count(r->hnsw) >= (size_t)r->conf.sq8_train) quantize_locked(r);
 out:
   pthread_rwlock_unlock(&r->lock);
+  parsed_attrs_close(&pa);
   free(id_copy);
+  free(meta_copy);
+  return err;
+}
+
+/* ---- searching -------------------------------------------------------------- */
+
+static int hit_cmp(const void *pa, const void *pb) {
+  const rv_hit_t *a = pa, *b = pb;
+  if (a->score != b->score) return a->score < b->score ? -1 : 1;
+  return strcmp(a->id, b->id);
+}
+
+/* Copies results into out with ids and metadata. Under the read lock. */
+static rv_err_t collect_locked(rv_replica_t *r, const rv_hnsw_result_t *res, int n, rv_hit_list_t *out) {
+  if (n == 0) return RV_OK;
+  rv_hit_list_t l = {calloc((size_t)n, sizeof(rv_hit_t)), 0};
+  if (!l.hits) return RV_ERR_NOMEM;
+  char id[RV_ID_MAX + 1];
+  for (int i = 0; i < n; i++) {
+    if (rv_hnsw_result_external_id(r->hnsw, &res[i], id, sizeof id)) continue; /* not under our lock: cannot happen */
+    const version_t *v = versions_find(&r->versions, id, rv__hash_id(id));
+    rv_hit_t *hit = &l.hits[l.n];
+    hit->score = res[i].score;
+    hit->id = strdup(id);
+    hit->metadata = v && v->metadata ? strdup(v->metadata) : NULL;
+    l.n++;
+    if (!hit->id || (v && v->metadata && !hit->metadata)) {
+      rv_hit_list_close(&l);
+      return RV_ERR_NOMEM;
+    }
+  }
+  *out = l;
+  return RV_OK;
+}
+
+rv_filter_t *rv_replica_filter_new(rv_replica_t *r) {
+  if (!r) return NULL;
+  /* Under the lock: the SQ8 rebuild swaps the store (for one of the same fields). */
+  pthread_rwlock_rdlock(&r->lock);
+  rv_filter_t *f = rv_filter_new(r->attrs);
+  pthread_rwlock_unlock(&r->lock);
+  return f;
+}
+
+rv_err_t rv_replica_search_filtered(rv_replica_t *r, const float *q, int dim, int k, int ef, const rv_filter_t *f,
+                                    rv_hit_list_t *out, char *errstr, size_t errstr_size) {
+  if (!r || !q || !out || k < 1) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "bad search arguments");
+  if (dim != r->conf.collection.dim)
+    return rv_errf(RV_ERR_DIM, errstr, errstr_size, "query dim %d, collection dim %d", dim, r->conf.collection.dim);
+  if (ef <= 0) ef = r->conf.ef_search;
+  rv_hnsw_result_t *res = malloc((size_t)k * sizeof *res);
+  if (!res) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  int n = 0;
+  rv_err_t err;
+  pthread_rwlock_rdlock(&r->lock);
+  if (f && rv_filter_n_clauses(f) > 0) {
+    err = rv_planner_search(r->hnsw, r->attrs, f, q, dim, k, ef, RV_PLAN_AUTO, res, &n, NULL, errstr, errstr_size);
+  } else {
+    err = rv_hnsw_search(r->hnsw, q, dim, k, ef, NULL, res, &n);
+    if (err) rv_errf(err, errstr, errstr_size, "search: %s", rv_err_str(err));
+  }
+  if (!err && (err = collect_locked(r, res, n, out))) rv_errf(err, errstr, errstr_size, "out of memory");
+  pthread_rwlock_unlock(&r->lock);
+  free(res);
+  /* The graph breaks ties by internal id; the protocol promises ids. */
+  if (!err && out->n > 1) qsort(out->hits, (size_t)out->n, sizeof *out->hits, hit_cmp);
   return err;
 }
 
 rv_err_t rv_replica_search(rv_replica_t *r, const float *q, int dim, int k, int ef, rv_hit_list_t *out) {
-  if (!r) return RV_ERR_INVALID;
-  (void)ef; /* the flat index is exact; ef matters once an HNSW engine sits here */
-  pthread_rwlock_rdlock(&r->lock);
-  rv_err_t err = rv_flat_search(r->flat, q, dim, k, out);
-  pthread_rwlock_unlock(&r->lock);
-  return err;
+  char errstr[256];
+  return rv_replica_search_filtered(r, q, dim, k, ef, NULL, out, errstr, sizeof errstr);
 }
 
 void rv_replica_stats(rv_replica_t *r, rv_replica_stats_t *out) {
   memset(out, 0, sizeof *out);
   if (!r) return;
   pthread_rwlock_rdlock(&r->lock);
-  out->count = rv_flat_count(r->flat);
+  out->count = rv_hnsw_count(r->hnsw);
   out->applied = r->applied;
   out->generation = r->generation;
+  out->quantized = rv_hnsw_conf(r->hnsw)->storage == RV_HNSW_SQ8;
   pthread_rwlock_unlock(&r->lock);
+  out->restored = r->restored;
   out->lag = atomic_load(&r->lag);
   out->skipped = atomic_load(&r->skipped);
 }
 
 const rv_collection_conf_t *rv_replica_collection(const rv_replica_t *r) { return &r->conf.collection; }
+
+/* ---- snapshot positions ------------------------------------------------------
+ * The POSN blob of the snapshot file (rv_snapshot.h frames and checksums it),
+ * every integer little-endian:
+ *   "RVRP" u32 version (1)
+ *   u32 topic length, topic bytes          the changelog topic the offsets are for
+ *   u64 applied, u64 generation            the stats, so they continue
+ *   u32 partitions, then i64 next offset each (-1: nothing read yet)
+ *   u64 ids, then per id: u32 id length, id bytes, i32 partition, i64 offset,
+ *       u32 metadata length + 1 (0: none), metadata bytes
+ * The metadata lives here rather than in the attribute store: the store keeps
+ * only the declared fields, while hits return the whole text. */
+
+#define POSN_MAGIC "RVRP"
+#define POSN_VERSION 1u
+
+static rv_err_t put32(rv_buf_t *b, uint32_t v) {
+  uint8_t p[4];
+  rv__put_u32(p, v);
+  return rv_buf_append(b, p, 4);
+}
+
+static rv_err_t put64(rv_buf_t *b, uint64_t v) {
+  uint8_t p[8];
+  rv__put_u64(p, v);
+  return rv_buf_append(b, p, 8);
+}
+
+/* Under the read lock (the applier's offsets are atomics it may store meanwhile:
+ * an offset is stored only after its change is applied, so the saved offsets
+ * are never ahead of the saved state; at worst a change is applied again,
+ * which its version makes harmless). */
+static rv_err_t positions_write_locked(const rv_replica_t *r, rv_buf_t *b) {
+  const char *topic = r->conf.collection.changelog_topic;
+  rv_err_t err = rv_buf_append(b, POSN_MAGIC, 4);
+  if (!err) err = put32(b, POSN_VERSION);
+  if (!err) err = put32(b, (uint32_t)strlen(topic));
+  if (!err) err = rv_buf_append(b, topic, strlen(topic));
+  if (!err) err = put64(b, r->applied);
+  if (!err) err = put64(b, r->generation);
+  int n = r->next_off ? r->n_parts : r->n_start;
+  if (!err) err = put32(b, (uint32_t)n);
+  for (int p = 0; !err && p < n; p++)
+    err = put64(b, (uint64_t)(r->next_off ? atomic_load(&r->next_off[p]) : r->start_off[p]));
+  if (!err) err = put64(b, r->versions.n);
+  for (size_t i = 0; !err && i < r->versions.cap; i++) {
+    const version_t *v = &r->versions.slots[i];
+    if (!v->id) continue;
+    size_t idl = strlen(v->id), ml = v->metadata ? strlen(v->metadata) : 0;
+    if (ml >= UINT32_MAX) return RV_ERR_INVALID;
+    err = put32(b, (uint32_t)idl);
+    if (!err) err = rv_buf_append(b, v->id, idl);
+    if (!err) err = put32(b, (uint32_t)v->partition);
+    if (!err) err = put64(b, (uint64_t)v->offset);
+    if (!err) err = put32(b, v->metadata ? (uint32_t)ml + 1 : 0);
+    if (!err && ml) err = rv_buf_append(b, v->metadata, ml);
+  }
+  return err;
+}
+
+typedef struct cursor {
+  const uint8_t *p, *end;
+} cursor_t;
+
+static int take(cursor_t *c, size_t n, const uint8_t **out) {
+  if ((size_t)(c->end - c->p) < n) return -1;
+  *out = c->p;
+  c->p += n;
+  return 0;
+}
+
+static int get32(cursor_t *c, uint32_t *v) {
+  const uint8_t *p;
+  if (take(c, 4, &p)) return -1;
+  *v = rv__get_u32(p);
+  return 0;
+}
+
+static int get64(cursor_t *c, uint64_t *v) {
+  const uint8_t *p;
+  if (take(c, 8, &p)) return -1;
+  *v = rv__get_u64(p);
+  return 0;
+}
+
+/* A malloc'd NUL-terminated copy of the next len bytes, which must hold no NUL. */
+static rv_err_t get_str(cursor_t *c, uint32_t len, char **out) {
+  const uint8_t *p;
+  *out = NULL;
+  if (take(c, len, &p) || memchr(p, 0, len)) return RV_ERR_CORRUPT;
+  if (!(*out = malloc((size_t)len + 1))) return RV_ERR_NOMEM;
+  memcpy(*out, p, len);
+  (*out)[len] = 0;
+  return RV_OK;
+}
+
+/* Parses a POSN blob into r (an empty replica: no versions yet). On failure r
+ * may hold part of it; the caller resets. */
+static rv_err_t positions_read(rv_replica_t *r, const void *blob, size_t len, char *errstr, size_t errstr_size) {
+  cursor_t c = {blob, (const uint8_t *)blob + len};
+  const uint8_t *p;
+  uint32_t u = 0, n = 0;
+  uint64_t applied, generation, n_ids;
+#define BAD(...) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "positions: " __VA_ARGS__)
+  if (take(&c, 4, &p) || memcmp(p, POSN_MAGIC, 4)) BAD("bad magic");
+  if (get32(&c, &u) || u != POSN_VERSION) BAD("unknown version %u", (unsigned)u);
+  if (get32(&c, &u) || take(&c, u, &p)) BAD("truncated topic");
+  const char *topic = r->conf.collection.changelog_topic;
+  if (u != strlen(topic) || memcmp(p, topic, u))
+    return rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "the snapshot is of changelog topic '%.*s', not '%s'",
+                   (int)(u < 200 ? u : 200), (const char *)p, topic);
+  if (get64(&c, &applied) || get64(&c, &generation) || get32(&c, &n)) BAD("truncated header");
+  if (n > 1000000 || (size_t)(c.end - c.p) / 8 < n) BAD("%u partitions in %zu bytes", (unsigned)n, (size_t)(c.end - c.p));
+  if (n && !(r->start_off = malloc(n * sizeof *r->start_off)))
+    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  r->n_start = (int)n;
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t o = 0;
+    if (get64(&c, &o) || (int64_t)o < -1) BAD("partition %u: offset %lld", (unsigned)i, (long long)(int64_t)o);
+    r->start_off[i] = (int64_t)o;
+  }
+  if (get64(&c, &n_ids) || n_ids > (size_t)(c.end - c.p) / 20) BAD("bad id count");
+  for (uint64_t i = 0; i < n_ids; i++) {
+    uint32_t idl, ml;
+    uint64_t off;
+    char *id = NULL, *meta = NULL;
+    if (get32(&c, &idl) || idl < 1 || idl > RV_ID_MAX) BAD("entry %llu: bad id length", (unsigned long long)i);
+    rv_err_t err = get_str(&c, idl, &id);
+    if (!err && (get32(&c, &u) || get64(&c, &off) || get32(&c, &ml))) err = RV_ERR_CORRUPT;
+    if (!err && ml) err = get_str(&c, ml - 1, &meta);
+    uint64_t h = id ? rv__hash_id(id) : 0;
+    if (!err && versions_find(&r->versions, id, h)) err = RV_ERR_CORRUPT;
+    if (!err) err = versions_reserve(&r->versions);
+    if (err) {
+      free(id);
+      free(meta);
+      if (err == RV_ERR_NOMEM) return rv_errf(err, errstr, errstr_size, "out of memory");
+      BAD("entry %llu: truncated, malformed or a duplicate id", (unsigned long long)i);
+    }
+    version_t *v = versions_put(&r->versions, id, h);
+    v->partition = (int32_t)u;
+    v->offset = (int64_t)off;
+    v->metadata = meta;
+  }
+  if (c.p != c.end) BAD("%zu bytes after the last entry", (size_t)(c.end - c.p));
+#undef BAD
+  r->applied = applied;
+  r->generation = generation;
+  return RV_OK;
+}
+
+static int same_fields(const rv_attrs_t *a, const rv_collection_conf_t *col) {
+  int n;
+  const rv_field_conf_t *f = rv_attrs_fields(a, &n);
+  if (n != col->n_fields) return 0;
+  for (int i = 0; i < n; i++)
+    if (strcmp(f[i].name, col->fields[i].name) || f[i].type != col->fields[i].type) return 0;
+  return 1;
+}
+
+/* Called by new, before any other thread knows r. On any failure r is left
+ * as it was (empty) and errstr says why; RV_ERR_NOT_FOUND if there is no file. */
+static rv_err_t load_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size) {
+  const rv_replica_conf_t *c = &r->conf;
+  rv_hnsw_t *h = NULL;
+  rv_attrs_t *a = NULL;
+  void *blob = NULL;
+  size_t blob_len = 0;
+  int64_t t0 = rv_mono_ms();
+  rv_err_t err = rv_snapshot_load(c->snapshot_path, NULL, &h, &a, &blob, &blob_len, errstr, errstr_size);
+  if (err) return err;
+  const rv_hnsw_conf_t *hc = rv_hnsw_conf(h);
+  char id[RV_ID_MAX + 1];
+  if (hc->dim != c->collection.dim || hc->metric != c->collection.metric || hc->M != c->hnsw_m ||
+      (hc->storage != c->storage && !(hc->storage == RV_HNSW_FLOAT && c->storage == RV_HNSW_SQ8))) {
+    err = rv_errf(RV_ERR_CONFIG, errstr, errstr_size,
+                  "it holds dim %d, metric %s, M %d, storage %d; the replica wants dim %d, metric %s, M %d, storage %d",
+                  hc->dim, rv_metric_name(hc->metric), hc->M, (int)hc->storage, c->collection.dim,
+                  rv_metric_name(c->collection.metric), c->hnsw_m, (int)c->storage);
+    goto fail;
+  }
+  if ((err = positions_read(r, blob, blob_len, errstr, errstr_size))) goto fail;
+  /* Every live vector must have its version (and metadata) entry. */
+  uint32_t bound = rv_hnsw_id_bound(h);
+  for (uint32_t i = 0; i < bound; i++) {
+    if (!rv_hnsw_is_live(h, i)) continue;
+    if (rv_hnsw_external_id(h, i, id, sizeof id) || !versions_find(&r->versions, id, rv__hash_id(id))) {
+      err = rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "live slot %u ('%s') has no version entry", (unsigned)i, id);
+      goto fail;
+    }
+  }
+  if (!a || !same_fields(a, &c->collection)) {
+    /* The declared fields changed since the save: derive the store again from the metadata. */
+    rv_attrs_destroy(a);
+    if (!(a = rv_attrs_new(c->collection.fields, c->collection.n_fields, errstr, errstr_size))) {
+      err = RV_ERR_NOMEM;
+      goto fail;
+    }
+    for (uint32_t i = 0; i < bound; i++) {
+      if (!rv_hnsw_is_live(h, i) || rv_hnsw_external_id(h, i, id, sizeof id)) continue;
+      parsed_attrs_t pa;
+      parse_attrs(&c->collection, versions_find(&r->versions, id, rv__hash_id(id))->metadata, &pa);
+      set_attrs(r, a, i, id, &pa);
+      parsed_attrs_close(&pa);
+    }
+    rv_info(LOG, "%s/%s: declared fields changed since the snapshot: filter attributes re-derived",
+            c->collection.name, c->region);
+  }
+  rv_hnsw_destroy(r->hnsw);
+  rv_attrs_destroy(r->attrs);
+  r->hnsw = h;
+  r->attrs = a;
+  r->sq8_pending = c->storage == RV_HNSW_SQ8 && hc->storage == RV_HNSW_FLOAT;
+  r->restored = 1;
+  free(blob);
+  rv_info(LOG, "%s/%s: loaded snapshot %s in %lld ms: %zu vectors, %zu ids, offsets of %d partitions",
+          c->collection.name, c->region, c->snapshot_path, (long long)(rv_mono_ms() - t0), rv_hnsw_count(h),
+          r->versions.n, r->n_start);
+  return RV_OK;
+fail:
+  rv_hnsw_destroy(h);
+  rv_attrs_destroy(a);
+  free(blob);
+  versions_close(&r->versions);
+  free(r->start_off);
+  r->start_off = NULL;
+  r->n_start = 0;
+  r->applied = r->generation = 0;
+  return err;
+}
+
+rv_err_t rv_replica_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size) {
+  if (!r) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no replica");
+  if (!r->conf.snapshot_path[0]) return rv_errf(RV_ERR_STATE, errstr, errstr_size, "no snapshot path configured");
+  rv_buf_t b;
+  rv_buf_init(&b);
+  /* The read lock keeps writers out (rv_snapshot_save's rule); searches go on. */
+  pthread_rwlock_rdlock(&r->lock);
+  rv_err_t err = positions_write_locked(r, &b);
+  if (err) rv_errf(err, errstr, errstr_size, "encoding positions: %s", rv_err_str(err));
+  else err = rv_snapshot_save(r->conf.snapshot_path, r->hnsw, r->attrs, b.base, b.len, errstr, errstr_size);
+  pthread_rwlock_unlock(&r->lock);
+  rv_buf_close(&b);
+  return err;
+}
 
 /* ---- applier thread ---------------------------------------------------- */
 
@@ -256,21 +793,21 @@ static int topic_partitions(rd_kafka_t *rk, const char *topic) {
 
 /* Records that exist (high watermark) but are not yet applied (next_off),
  * summed over partitions; -1 while any partition's numbers are unknown. */
-static int64_t compute_lag(rd_kafka_t *rk, const char *topic, int n, const int64_t *next_off) {
+static int64_t compute_lag(rd_kafka_t *rk, const char *topic, int n, _Atomic int64_t *next_off) {
   int64_t total = 0;
   for (int p = 0; p < n; p++) {
-    int64_t lo = RD_KAFKA_OFFSET_INVALID, hi = RD_KAFKA_OFFSET_INVALID;
+    int64_t lo = RD_KAFKA_OFFSET_INVALID, hi = RD_KAFKA_OFFSET_INVALID, next = atomic_load(&next_off[p]);
     if (rd_kafka_get_watermark_offsets(rk, topic, p, &lo, &hi) || hi < 0) return -1;
-    if (next_off[p] < 0) {
+    if (next < 0) {
       if (hi > 0) return -1; /* nothing read yet and the start offset is unknown */
       continue;
     }
-    if (hi > next_off[p]) total += hi - next_off[p];
+    if (hi > next) total += hi - next;
   }
   return total;
 }
 
-static void handle_message(rv_replica_t *r, const rd_kafka_message_t *m, int n, int64_t *next_off) {
+static void handle_message(rv_replica_t *r, const rd_kafka_message_t *m, int n, _Atomic int64_t *next_off) {
   char errstr[256];
   const char *topic = rd_kafka_topic_name(m->rkt);
   if (m->partition < 0 || m->partition >= n) return; /* not assigned by us */
@@ -290,13 +827,30 @@ static void handle_message(rv_replica_t *r, const rd_kafka_message_t *m, int n, 
     }
     rv_change_close(&c);
   }
-  next_off[m->partition] = m->offset + 1;
+  /* After the apply: a snapshot never records an offset past what it holds. */
+  atomic_store(&next_off[m->partition], m->offset + 1);
+}
+
+/* Every snapshot_interval_s, if anything was applied since the last save. */
+static void maybe_snapshot(rv_replica_t *r, int64_t *saved_at, uint64_t *saved_applied) {
+  if (r->conf.snapshot_interval_s <= 0 || !r->conf.snapshot_path[0]) return;
+  int64_t now = rv_mono_ms();
+  if (now - *saved_at < (int64_t)r->conf.snapshot_interval_s * 1000) return;
+  *saved_at = now;
+  rv_replica_stats_t st;
+  rv_replica_stats(r, &st);
+  if (st.applied == *saved_applied) return;
+  char errstr[512];
+  if (rv_replica_snapshot(r, errstr, sizeof errstr))
+    rv_error(LOG, "%s: periodic snapshot failed: %s", r->conf.region, errstr);
+  else
+    *saved_applied = st.applied; /* what the save held at least */
 }
 
 static void *applier_main(void *arg) {
   rv_replica_t *r = arg;
   const char *topic = r->conf.collection.changelog_topic;
-  int64_t *next_off = NULL;
+  _Atomic int64_t *next_off = NULL;
   int n = 0;
   while (!atomic_load(&r->stop)) {
     int64_t t0 = rv_mono_ms();
@@ -313,27 +867,44 @@ static void *applier_main(void *arg) {
   if (!next_off || !parts) {
     rv_error(LOG, "%s: out of memory starting the applier", r->conf.region);
     if (parts) rd_kafka_topic_partition_list_destroy(parts);
+    free(next_off);
     goto out;
   }
+  int resumed = 0;
   for (int p = 0; p < n; p++) {
-    next_off[p] = -1;
-    rd_kafka_topic_partition_list_add(parts, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    int64_t start = p < r->n_start ? r->start_off[p] : -1;
+    resumed += start >= 0;
+    atomic_init(&next_off[p], start);
+    /* An offset the log no longer holds (compaction, retention) resets to
+     * the earliest: changes applied again are ignored by their versions. */
+    rd_kafka_topic_partition_list_add(parts, topic, p)->offset = start >= 0 ? start : RD_KAFKA_OFFSET_BEGINNING;
   }
+  if (r->n_start > n)
+    rv_warn(LOG, "%s: the snapshot has offsets of %d partitions, %s has %d", r->conf.region, r->n_start, topic, n);
+  pthread_rwlock_wrlock(&r->lock); /* publish for snapshots; the array lives until destroy */
+  r->next_off = next_off;
+  r->n_parts = n;
+  pthread_rwlock_unlock(&r->lock);
   rd_kafka_resp_err_t kerr = rd_kafka_assign(r->rk, parts);
   rd_kafka_topic_partition_list_destroy(parts);
   if (kerr) {
     rv_error(LOG, "%s: assigning %s: %s", r->conf.region, topic, rd_kafka_err2str(kerr));
     goto out;
   }
-  rv_info(LOG, "%s: applying %s (%d partitions) from the beginning", r->conf.region, topic, n);
+  if (resumed)
+    rv_info(LOG, "%s: applying %s (%d partitions) from the snapshot's offsets (%d of them saved)", r->conf.region,
+            topic, n, resumed);
+  else
+    rv_info(LOG, "%s: applying %s (%d partitions) from the beginning", r->conf.region, topic, n);
 
   rd_kafka_resp_err_t last_err = RD_KAFKA_RESP_ERR_NO_ERROR;
-  int64_t lag_at = 0;
+  int64_t lag_at = 0, saved_at = rv_mono_ms();
+  uint64_t saved_applied = 0;
   while (!atomic_load(&r->stop)) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(r->rk, POLL_MS);
     int idle = !m;
     if (m && m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-      if (m->partition >= 0 && m->partition < n) next_off[m->partition] = m->offset;
+      if (m->partition >= 0 && m->partition < n) atomic_store(&next_off[m->partition], m->offset);
       idle = 1;
     } else if (m && m->err) {
       if (m->err != last_err) /* transient broker errors repeat every poll: log each kind once in a row */
@@ -349,10 +920,10 @@ static void *applier_main(void *arg) {
       atomic_store(&r->lag, compute_lag(r->rk, topic, n, next_off));
       lag_at = now;
     }
+    maybe_snapshot(r, &saved_at, &saved_applied);
   }
 out:
   rd_kafka_consumer_close(r->rk);
-  free(next_off);
   return NULL;
 }
 
@@ -412,10 +983,22 @@ void rv_replica_destroy(rv_replica_t *r) {
     atomic_store(&r->stop, true);
     pthread_join(r->thread, NULL);
   }
+  if (r->conf.snapshot_path[0]) {
+    char errstr[512];
+    int64_t t0 = rv_mono_ms();
+    if (rv_replica_snapshot(r, errstr, sizeof errstr))
+      rv_error(LOG, "%s/%s: saving the snapshot failed: %s", r->conf.collection.name, r->conf.region, errstr);
+    else
+      rv_info(LOG, "%s/%s: snapshot saved to %s in %lld ms", r->conf.collection.name, r->conf.region,
+              r->conf.snapshot_path, (long long)(rv_mono_ms() - t0));
+  }
   if (r->rk) rd_kafka_destroy(r->rk);
   rv_codec_destroy(r->codec);
   versions_close(&r->versions);
-  rv_flat_destroy(r->flat);
+  rv_hnsw_destroy(r->hnsw);
+  rv_attrs_destroy(r->attrs);
+  free((void *)r->next_off);
+  free(r->start_off);
   pthread_rwlock_destroy(&r->lock);
   free(r);
 }

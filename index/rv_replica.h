@@ -2,13 +2,45 @@
 #define RV_REPLICA_H
 /* A region's replica of one collection's index, kept current by applying the
  * collection's changelog topic (separate target from the engine: it needs
- * librdkafka and Avro-C). Searches run on any thread while one applier thread
- * writes; a search never sees a half-applied change. */
+ * librdkafka, Avro-C and jansson). The index is an HNSW graph (rv_hnsw.h)
+ * with an attribute store (rv_attrs.h) for the collection's declared fields,
+ * filled from each change's metadata JSON; filtered searches go through the
+ * planner (rv_planner.h).
+ *
+ * Locking: one rwlock. A change is applied whole under the write lock (graph
+ * insert, attributes, metadata, version map); a search holds the read lock
+ * from the graph walk until its hits are copied out. So a search never sees
+ * a half-applied change (a hit's id, score and metadata are always from one
+ * version), at the price of searches waiting for the one apply in progress.
+ * The engine would allow concurrent writers and searches, but the version
+ * map and the metadata would then need their own protocol; one applier thread
+ * is the writer in practice, so the simple rule wins. The lock prefers the
+ * writer, so back-to-back searches cannot starve the applier.
+ *
+ * SQ8 storage: the replica indexes float vectors until it holds sq8_train
+ * live vectors, then trains the quantizer from all of them and rebuilds the
+ * graph in SQ8 (once, under the write lock: searches wait for the rebuild).
+ * Simple and correct: no change is ever buffered or unsearchable.
+ *
+ * Snapshots: with snapshot_path set, rv_replica_new loads the file if it
+ * exists (rv_snapshot_load) and the applier resumes the changelog from the
+ * partition offsets saved in it instead of the beginning; rv_replica_destroy
+ * (and every snapshot_interval_s seconds, the applier) saves one. A snapshot
+ * that cannot be used (corrupt, truncated, another dim/metric/M/storage or
+ * changelog topic) is logged as an error and ignored: the replica rebuilds
+ * from the changelog. Its POSN section (see rv_replica.c, "snapshot
+ * positions") holds the per-partition next offsets, the per-id version map
+ * and each id's metadata. Offsets are only meaningful against the same log:
+ * do not give a snapshot path when the broker starts empty on every run
+ * (the embedded broker; the pipeline runner never does). */
+#include <stddef.h>
 #include <stdint.h>
 
 #include "rv_collection.h"
 #include "rv_err.h"
-#include "rv_flat.h"
+#include "rv_filter.h"
+#include "rv_flat.h" /* rv_hit_t, rv_hit_list_t */
+#include "rv_hnsw.h"
 #include "rv_record.h"
 
 typedef struct rv_replica rv_replica_t;
@@ -16,8 +48,14 @@ typedef struct rv_replica rv_replica_t;
 typedef struct rv_replica_conf {
   char brokers[1024];                /* Kafka bootstrap list; empty: no applier (tests feed rv_replica_apply) */
   char region[RV_NAME_MAX];          /* region name, for logs and metrics */
-  rv_collection_conf_t collection;   /* copied */
-  int ef_search;                     /* default ef for searches that give none */
+  rv_collection_conf_t collection;   /* copied; fields become filter attributes */
+  int ef_search;                     /* default ef for searches that give none; <= 0: 64 */
+  int hnsw_m;                        /* HNSW M; <= 0: 16 */
+  int ef_construction;               /* <= 0: 100 */
+  rv_hnsw_storage_t storage;         /* RV_HNSW_FLOAT (default) or RV_HNSW_SQ8 (PQ is refused) */
+  int sq8_train;                     /* SQ8: live vectors to train from; <= 0: 1000 */
+  char snapshot_path[1024];          /* snapshot file; "" = no snapshots */
+  int snapshot_interval_s;           /* > 0: the applier also saves every this many seconds (if changed) */
 } rv_replica_conf_t;
 
 typedef struct rv_replica_stats {
@@ -26,28 +64,54 @@ typedef struct rv_replica_stats {
   uint64_t generation; /* bumped on every change that altered the index; a cache key part */
   int64_t lag;         /* changelog records known to exist but not yet applied, -1 unknown */
   uint64_t skipped;    /* changelog records the applier could not decode or apply (logged) */
+  int restored;        /* 1 if the state was loaded from a snapshot by rv_replica_new */
+  int quantized;       /* 1 once the index stores SQ8 codes */
 } rv_replica_stats_t;
 
-/* Copies conf. Returns NULL with errstr set on bad conf or no memory. */
+/* Copies conf; loads the snapshot when one is configured and usable (an
+ * unusable one is logged and ignored). Returns NULL with errstr set on bad
+ * conf or no memory. */
 rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t errstr_size);
 
-/* Starts the applier thread: reads every partition of the changelog topic from
- * the beginning (assign, no consumer group) and applies each change.
+/* Starts the applier thread: reads every partition of the changelog topic
+ * (assign, no consumer group) from the snapshot's offsets when one was
+ * loaded, else from the beginning, and applies each change.
  * Call once. RV_ERR_STATE if already started or no brokers are configured. */
 rv_err_t rv_replica_start(rv_replica_t *r, char *errstr, size_t errstr_size);
 
-/* Stops the applier thread (if started) and frees everything. NULL is a no-op. */
+/* Stops the applier thread (if started), saves a snapshot if a path is
+ * configured (a failure is logged) and frees everything. NULL is a no-op. */
 void rv_replica_destroy(rv_replica_t *r);
 
 /* Applies one change. A change whose version (src_partition, src_offset) is not
  * newer than the last one applied for that id is ignored (returns RV_OK), so
- * re-delivered changelog records are harmless. Thread: any, serialised with the
+ * re-delivered changelog records are harmless. Metadata (c->attributes) that
+ * is a JSON object sets the declared fields it names: keyword fields take
+ * strings (and integers, as their decimal text), number fields take numbers;
+ * anything else leaves the field missing. Thread: any, serialised with the
  * applier by the replica's write lock. */
 rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c);
 
-/* k nearest neighbours of q (dim must match). ef <= 0 uses the default.
- * out must be empty. Thread: any. */
+/* k nearest neighbours of q (dim must match), best first, equal scores by
+ * id, each with its metadata. ef <= 0 uses the default. out must be empty;
+ * on failure it stays empty. Thread: any. */
 rv_err_t rv_replica_search(rv_replica_t *r, const float *q, int dim, int k, int ef, rv_hit_list_t *out);
+
+/* An empty filter (rv_filter.h) over the collection's declared fields, for
+ * rv_replica_search_filtered; the caller adds clauses and destroys it
+ * (rv_filter_destroy). NULL on no memory. Thread: any. */
+rv_filter_t *rv_replica_filter_new(rv_replica_t *r);
+
+/* As rv_replica_search, restricted to vectors matching f (NULL or no clauses:
+ * unfiltered), through rv_planner_search. errstr says what failed. */
+rv_err_t rv_replica_search_filtered(rv_replica_t *r, const float *q, int dim, int k, int ef, const rv_filter_t *f,
+                                    rv_hit_list_t *out, char *errstr, size_t errstr_size);
+
+/* Saves a snapshot now (to conf.snapshot_path): the applied state with the
+ * applier's current positions. Applies wait meanwhile; searches continue.
+ * RV_ERR_STATE if no path is configured; otherwise rv_snapshot_save's errors.
+ * Thread: any. */
+rv_err_t rv_replica_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size);
 
 void rv_replica_stats(rv_replica_t *r, rv_replica_stats_t *out);
 const rv_collection_conf_t *rv_replica_collection(const rv_replica_t *r);

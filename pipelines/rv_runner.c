@@ -36,6 +36,7 @@ typedef struct runner {
   rv_replica_t *replicas[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];
   rv_serve_collection_t serve_cols[RV_MAX_COLLECTIONS];
   rv_serve_t *serve;
+  rv_metrics_t *metrics; /* one registry: ingest updates it, serve exposes it at /metrics */
   char ws_url[320];
   char http_url[320];
   /* loader */
@@ -202,7 +203,16 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
   } else if (strcmp(t->redis, "none") != 0) {
     snprintf(r->redis_addr, sizeof r->redis_addr, "%s", t->redis);
   }
-  /* Replicas first, so that serve can answer as soon as it listens. */
+  /* Replicas first, so that serve can answer as soon as it listens. Snapshot
+   * offsets are positions in one broker's log: the embedded broker starts
+   * empty on every run, so its replicas neither load nor save snapshots. */
+  int snapshots = t->snapshot_dir[0] && !r->broker;
+  if (t->snapshot_dir[0] && r->broker)
+    rv_warn(LOG, "index.snapshot_dir ignored: the embedded Kafka log starts over on every run");
+  if (snapshots && mkdir_p(t->snapshot_dir)) {
+    rv_error(LOG, "cannot create index.snapshot_dir %s: %s", t->snapshot_dir, strerror(errno));
+    return -1;
+  }
   for (int i = 0; i < t->n_collections; i++) {
     for (int g = 0; g < t->n_regions; g++) {
       rv_replica_conf_t rc;
@@ -211,6 +221,17 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
       snprintf(rc.region, sizeof rc.region, "%s", t->regions[g]);
       rc.collection = t->collections[i];
       rc.ef_search = t->hnsw_ef_search;
+      rc.hnsw_m = t->hnsw_m;
+      rc.ef_construction = t->hnsw_ef_construction;
+      rc.storage = t->hnsw_storage == 1 ? RV_HNSW_SQ8 : RV_HNSW_FLOAT;
+      rc.sq8_train = t->hnsw_sq8_train;
+      rc.snapshot_interval_s = t->snapshot_interval_s;
+      if (snapshots &&
+          snprintf(rc.snapshot_path, sizeof rc.snapshot_path, "%s/%s.%s.rvsnap", t->snapshot_dir,
+                   t->collections[i].name, t->regions[g]) >= (int)sizeof rc.snapshot_path) {
+        rv_error(LOG, "index.snapshot_dir %s: path too long", t->snapshot_dir);
+        return -1;
+      }
       r->replicas[i][g] = rv_replica_new(&rc, err, sizeof err);
       if (!r->replicas[i][g] || rv_replica_start(r->replicas[i][g], err, sizeof err)) {
         rv_error(LOG, "replica %s/%s: %s", t->collections[i].name, t->regions[g], err);
@@ -229,6 +250,14 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
     ic.batch_rows = t->batch_rows;
     ic.batch_ms = t->batch_ms;
     ic.max_metadata_bytes = t->max_metadata_bytes;
+    ic.sq8_train = t->sq8_train;
+    ic.sq8_train_wait_ms = t->sq8_train_wait_ms;
+    snprintf(ic.sq8_params, sizeof ic.sq8_params, "%s", t->sq8_params[i]);
+    ic.codes_only = !t->store_vector;
+    ic.partman = t->partman;
+    ic.premake = t->premake;
+    snprintf(ic.schema_registry, sizeof ic.schema_registry, "%s", t->schema_registry);
+    ic.metrics = r->metrics;
     rv_ingest_conf_defaults(&ic);
     if (rv_ingest_migrate(&ic, err, sizeof err)) {
       rv_error(LOG, "ingest %s: migrate: %s", ic.collection.name, err);
@@ -264,6 +293,7 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
   sc.l1_entries = t->cache_l1_entries;
   sc.l2_ttl_s = t->cache_l2_ttl_s;
   sc.workers = t->serve_workers;
+  sc.metrics = r->metrics;
   snprintf(sc.cache_namespace, sizeof sc.cache_namespace, "%s", t->name);
   r->serve = rv_serve_new(&sc, err, sizeof err);
   if (!r->serve || rv_serve_start(r->serve, err, sizeof err)) {
@@ -325,6 +355,7 @@ static void stop_stages(runner_t *r) {
   rv_pg_server_stop(r->pg);
   if (r->broker) rv_broker_destroy(r->broker);
   if (r->serve) unlink(t->endpoints_file); /* a stopped pipeline has no endpoints */
+  rv_metrics_destroy(r->metrics); /* after every stage that used it */
 }
 
 static void print_progress(runner_t *r, int64_t started_ms) {
@@ -361,7 +392,7 @@ int rv_pipeline_run(const rv_topology_t *topo, const rv_run_opts_t *opts) {
   if (!r) return 1;
   r->topo = topo;
   int rc = 0;
-  if (start_stages(r, opts) != 0) {
+  if (!(r->metrics = rv_metrics_new()) || start_stages(r, opts) != 0) {
     rc = 1;
   } else {
     int period = opts->progress_ms > 0 ? opts->progress_ms : 2000;

@@ -6,8 +6,9 @@
 #include <xxhash.h>
 
 uint64_t rv_cache_key(const char *collection, const char *region, int k, int ef, const float *vec,
-                      int dim, uint64_t generation) {
-  /* Fixed-width fields after NUL-terminated names: no two distinct inputs
+                      int dim, const char *filter, uint64_t generation) {
+  /* Fixed-width fields after NUL-terminated names, the vector (its length is
+   * in nums), then a marker byte and the filter text: no two distinct inputs
    * share a byte stream. */
   int32_t nums[3] = {k, ef, dim};
   XXH3_state_t *st = XXH3_createState();
@@ -15,12 +16,15 @@ uint64_t rv_cache_key(const char *collection, const char *region, int k, int ef,
     return XXH3_64bits_withSeed(vec, (size_t)dim * sizeof(float),
                                 generation ^ XXH3_64bits(collection, strlen(collection)) ^
                                     XXH3_64bits(region, strlen(region)) ^
-                                    XXH3_64bits(nums, sizeof nums));
+                                    XXH3_64bits(nums, sizeof nums) ^
+                                    (filter ? XXH3_64bits(filter, strlen(filter)) + 1 : 0));
   XXH3_64bits_reset_withSeed(st, generation);
   XXH3_64bits_update(st, collection, strlen(collection) + 1);
   XXH3_64bits_update(st, region, strlen(region) + 1);
   XXH3_64bits_update(st, nums, sizeof nums);
   XXH3_64bits_update(st, vec, (size_t)dim * sizeof(float));
+  XXH3_64bits_update(st, filter ? "F" : "-", 1);
+  if (filter) XXH3_64bits_update(st, filter, strlen(filter));
   uint64_t h = XXH3_64bits_digest(st);
   XXH3_freeState(st);
   return h;

@@ -8,14 +8,16 @@
 
 #include "rv_err.h"
 
-/* XXH3-64 of (collection, region, k, ef, dim, vector bytes), seeded with the
- * replica generation read before the lookup: a new generation gives new keys,
- * so a cached result is never older than the replica state it was computed
- * for. region is the resolved region name (not ""); ef is the value the
- * request gave (0 = the replica default). A 64-bit key can collide; at the
- * sizes cached here the chance is negligible (~n^2 / 2^65). */
+/* XXH3-64 of (collection, region, k, ef, dim, vector bytes, filter), seeded
+ * with the replica generation read before the lookup: a new generation gives
+ * new keys, so a cached result is never older than the replica state it was
+ * computed for. region is the resolved region name (not ""); ef is the value
+ * the request gave (0 = the replica default); filter is the request's
+ * canonical filter text (rv_request_t.filter_key), NULL when unfiltered. A
+ * 64-bit key can collide; at the sizes cached here the chance is negligible
+ * (~n^2 / 2^65). */
 uint64_t rv_cache_key(const char *collection, const char *region, int k, int ef, const float *vec,
-                      int dim, uint64_t generation);
+                      int dim, const char *filter, uint64_t generation);
 
 /* A bounded least-recently-used map uint64 -> bytes. Thread-safe (one mutex). */
 typedef struct rv_lru rv_lru_t;

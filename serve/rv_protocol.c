@@ -22,6 +22,7 @@ const char *rv_proto_code_name(rv_proto_code_t code) {
   case RV_PROTO_UNSUPPORTED: return "unsupported";
   case RV_PROTO_OVERLOADED: return "overloaded";
   case RV_PROTO_INTERNAL: return "internal";
+  case RV_PROTO_BAD_FILTER: return "bad_filter";
   }
   return "internal";
 }
@@ -31,6 +32,12 @@ void rv_request_init(rv_request_t *r) { memset(r, 0, sizeof *r); }
 void rv_request_close(rv_request_t *r) {
   free(r->id_json);
   free(r->vector);
+  for (int i = 0; i < r->n_filter; i++) {
+    for (int j = 0; j < r->filter[i].n_values; j++) free(r->filter[i].values[j].string);
+    free(r->filter[i].values);
+  }
+  free(r->filter);
+  free(r->filter_key);
   rv_request_init(r);
 }
 
@@ -148,6 +155,192 @@ static rv_proto_code_t name_field(json_t *obj, const char *name, int required, c
   return RV_PROTO_OK;
 }
 
+/* ---- filters ---- */
+
+/* Largest integer a double holds exactly: integers beyond it would not
+ * round-trip to the decimal text a keyword field compares with. */
+#define EXACT_INT_MAX 9007199254740992.0
+
+/* One value of an eq/in condition: a string or a finite number. */
+static rv_proto_code_t filter_value(json_t *v, const char *field, rv_filter_value_t *out, char *msg,
+                                    size_t msg_size) {
+  if (json_is_string(v)) {
+    size_t n = json_string_length(v);
+    if (n > RV_ATTR_VALUE_MAX || strlen(json_string_value(v)) != n)
+      return fail(RV_PROTO_BAD_FILTER, msg, msg_size,
+                  "filter \"%s\": string values are at most %d bytes, with no NUL", field, RV_ATTR_VALUE_MAX);
+    if (!(out->string = strdup(json_string_value(v)))) return fail(RV_PROTO_INTERNAL, msg, msg_size, "out of memory");
+    return RV_PROTO_OK;
+  }
+  if (json_is_number(v) && isfinite(json_number_value(v))) {
+    out->number = json_number_value(v);
+    return RV_PROTO_OK;
+  }
+  return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": values must be strings or numbers", field);
+}
+
+/* A range bound: a finite number. */
+static rv_proto_code_t filter_bound(json_t *v, const char *field, const char *op, double *out, char *msg,
+                                    size_t msg_size) {
+  if (!json_is_number(v) || !isfinite(json_number_value(v)))
+    return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": \"%s\" takes a number", field, op);
+  *out = json_number_value(v);
+  return RV_PROTO_OK;
+}
+
+/* One field's condition: a bare value (equality) or an object of operators. */
+static rv_proto_code_t filter_clause(const char *field, json_t *cond, rv_filter_clause_t *c, char *msg,
+                                     size_t msg_size) {
+  size_t flen = strlen(field);
+  if (flen == 0 || flen >= RV_NAME_MAX)
+    return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter field names are 1..63 bytes");
+  memcpy(c->field, field, flen + 1);
+  c->lo_kind = c->hi_kind = RV_BOUND_OPEN;
+  if (!json_is_object(cond)) {
+    c->op = RV_FOP_EQ;
+    if (!(c->values = calloc(1, sizeof *c->values))) return fail(RV_PROTO_INTERNAL, msg, msg_size, "out of memory");
+    c->n_values = 1;
+    return filter_value(cond, field, &c->values[0], msg, msg_size);
+  }
+  if (json_object_size(cond) == 0)
+    return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": empty condition", field);
+  const char *op;
+  json_t *arg;
+  rv_proto_code_t code;
+  json_object_foreach(cond, op, arg) {
+    int is_lo = !strcmp(op, "gt") || !strcmp(op, "gte"), is_hi = !strcmp(op, "lt") || !strcmp(op, "lte");
+    if (is_lo || is_hi) {
+      if (c->op && c->op != RV_FOP_RANGE)
+        return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": a range cannot be combined with eq or in", field);
+      if ((is_lo && c->lo_kind != RV_BOUND_OPEN) || (is_hi && c->hi_kind != RV_BOUND_OPEN))
+        return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": more than one %s bound", field,
+                    is_lo ? "lower" : "upper");
+      c->op = RV_FOP_RANGE;
+      int incl = !strcmp(op, "gte") || !strcmp(op, "lte");
+      if ((code = filter_bound(arg, field, op, is_lo ? &c->lo : &c->hi, msg, msg_size))) return code;
+      if (is_lo) c->lo_kind = incl ? RV_BOUND_INCL : RV_BOUND_EXCL;
+      else c->hi_kind = incl ? RV_BOUND_INCL : RV_BOUND_EXCL;
+    } else if (!strcmp(op, "eq") || !strcmp(op, "in")) {
+      if (c->op)
+        return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": \"%s\" cannot be combined with another operator",
+                    field, op);
+      int in = op[0] == 'i';
+      size_t n = in ? (json_is_array(arg) ? json_array_size(arg) : 0) : 1;
+      if (in && (n < 1 || n > RV_FILTER_MAX_VALUES))
+        return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": \"in\" takes an array of 1..%d values",
+                    field, RV_FILTER_MAX_VALUES);
+      c->op = in ? RV_FOP_IN : RV_FOP_EQ;
+      if (!(c->values = calloc(n, sizeof *c->values))) return fail(RV_PROTO_INTERNAL, msg, msg_size, "out of memory");
+      for (size_t i = 0; i < n; i++) {
+        c->n_values++;
+        if ((code = filter_value(in ? json_array_get(arg, i) : arg, field, &c->values[i], msg, msg_size))) return code;
+      }
+    } else {
+      return fail(RV_PROTO_BAD_FILTER, msg, msg_size,
+                  "filter \"%s\": unknown operator \"%.32s\" (expected eq, in, gt, gte, lt or lte)", field, op);
+    }
+  }
+  return RV_PROTO_OK;
+}
+
+/* "filter": {field: condition, ...}, a conjunction. Absent, null or {}: none. */
+static rv_proto_code_t parse_filter(json_t *obj, rv_request_t *out, char *msg, size_t msg_size) {
+  json_t *flt = json_object_get(obj, "filter");
+  if (!flt || json_is_null(flt)) return RV_PROTO_OK;
+  if (!json_is_object(flt))
+    return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "\"filter\" must be an object of field: condition");
+  size_t n = json_object_size(flt);
+  if (n == 0) return RV_PROTO_OK;
+  if (n > RV_FILTER_MAX_CLAUSES)
+    return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "a filter has at most %d fields", RV_FILTER_MAX_CLAUSES);
+  if (!(out->filter = calloc(n, sizeof *out->filter))) return fail(RV_PROTO_INTERNAL, msg, msg_size, "out of memory");
+  const char *field;
+  json_t *cond;
+  json_object_foreach(flt, field, cond) {
+    rv_filter_clause_t *c = &out->filter[out->n_filter++]; /* counted first: close frees what it holds */
+    rv_proto_code_t code = filter_clause(field, cond, c, msg, msg_size);
+    if (code) return code;
+  }
+  /* Canonical text for the cache key: sorted keys, so the order a client
+   * writes its clauses in does not matter. */
+  out->filter_key = json_dumps(flt, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY | JSON_REAL_PRECISION(17));
+  if (!out->filter_key) return fail(RV_PROTO_INTERNAL, msg, msg_size, "out of memory");
+  return RV_PROTO_OK;
+}
+
+static rv_proto_code_t filter_err(rv_err_t err, const char *errstr, char *msg, size_t msg_size) {
+  if (err == RV_ERR_NOMEM) return fail(RV_PROTO_INTERNAL, msg, msg_size, "out of memory");
+  return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "%s", errstr);
+}
+
+rv_proto_code_t rv_request_filter_build(const rv_request_t *r, const rv_field_conf_t *fields, int n_fields,
+                                        rv_filter_t *f, char *msg, size_t msg_size) {
+  char errstr[256];
+  for (int i = 0; i < r->n_filter; i++) {
+    const rv_filter_clause_t *c = &r->filter[i];
+    const rv_field_conf_t *fc = NULL;
+    for (int j = 0; j < n_fields && !fc; j++)
+      if (!strcmp(fields[j].name, c->field)) fc = &fields[j];
+    if (!fc) {
+      char names[RV_MAX_FIELDS * RV_NAME_MAX] = "";
+      size_t at = 0;
+      for (int j = 0; j < n_fields && at < sizeof names; j++)
+        at += (size_t)snprintf(names + at, sizeof names - at, "%s%s", j ? ", " : "", fields[j].name);
+      if (n_fields) return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "unknown filter field \"%s\" (declared: %s)", c->field, names);
+      return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "unknown filter field \"%s\": the collection declares no fields",
+                  c->field);
+    }
+    rv_err_t err = RV_OK;
+    if (fc->type == RV_FIELD_NUMBER) {
+      if (c->op == RV_FOP_IN)
+        return fail(RV_PROTO_BAD_FILTER, msg, msg_size,
+                    "filter \"%s\": \"in\" applies to keyword fields; \"%s\" is a number field", c->field, c->field);
+      if (c->op == RV_FOP_EQ) {
+        if (c->values[0].string)
+          return fail(RV_PROTO_BAD_FILTER, msg, msg_size, "filter \"%s\": a number field takes numbers, not \"%.64s\"",
+                      c->field, c->values[0].string);
+        double v = c->values[0].number;
+        err = rv_filter_range(f, c->field, RV_BOUND_INCL, v, RV_BOUND_INCL, v, errstr, sizeof errstr);
+      } else {
+        err = rv_filter_range(f, c->field, c->lo_kind, c->lo, c->hi_kind, c->hi, errstr, sizeof errstr);
+      }
+      if (err) return filter_err(err, errstr, msg, msg_size);
+      continue;
+    }
+    if (c->op == RV_FOP_RANGE)
+      return fail(RV_PROTO_BAD_FILTER, msg, msg_size,
+                  "filter \"%s\": ranges apply to number fields; \"%s\" is a keyword field", c->field, c->field);
+    /* Keyword: strings, and integers as their decimal text. */
+    const char **vals = calloc((size_t)c->n_values, sizeof *vals);
+    char(*ints)[24] = calloc((size_t)c->n_values, sizeof *ints);
+    if (!vals || !ints) {
+      free(vals);
+      free(ints);
+      return fail(RV_PROTO_INTERNAL, msg, msg_size, "out of memory");
+    }
+    for (int j = 0; j < c->n_values; j++) {
+      const rv_filter_value_t *v = &c->values[j];
+      if (v->string) {
+        vals[j] = v->string;
+      } else if (v->number == floor(v->number) && fabs(v->number) <= EXACT_INT_MAX) {
+        snprintf(ints[j], sizeof ints[j], "%lld", (long long)v->number);
+        vals[j] = ints[j];
+      } else {
+        free(vals);
+        free(ints);
+        return fail(RV_PROTO_BAD_FILTER, msg, msg_size,
+                    "filter \"%s\": a keyword field takes strings (or integers), not %g", c->field, v->number);
+      }
+    }
+    if (c->op == RV_FOP_EQ) err = rv_filter_eq(f, c->field, vals[0], errstr, sizeof errstr);
+    else err = rv_filter_in(f, c->field, vals, c->n_values, errstr, sizeof errstr);
+    free(vals);
+    free(ints);
+    if (err) return filter_err(err, errstr, msg, msg_size);
+  }
+  return RV_PROTO_OK;
+}
+
 static rv_proto_code_t parse_search(json_t *obj, rv_request_t *out, char *msg, size_t msg_size) {
   rv_proto_code_t code;
   if ((code = name_field(obj, "collection", 1, out->collection, msg, msg_size))) return code;
@@ -174,7 +367,7 @@ static rv_proto_code_t parse_search(json_t *obj, rv_request_t *out, char *msg, s
                   "vector[%zu] is not a number in the float range", i);
     out->vector[i] = f;
   }
-  return RV_PROTO_OK;
+  return parse_filter(obj, out, msg, msg_size);
 }
 
 static rv_proto_code_t parse_object(json_t *obj, rv_request_t *out, char *msg, size_t msg_size) {

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "rv_collection.h"
+#include "rv_filter.h"
 #include "rv_flat.h"
 
 #define RV_PROTO_K_DEFAULT 10
@@ -25,12 +26,32 @@ typedef enum rv_proto_code {
   RV_PROTO_UNSUPPORTED,
   RV_PROTO_OVERLOADED,
   RV_PROTO_INTERNAL,
+  RV_PROTO_BAD_FILTER,
 } rv_proto_code_t;
 
 /* The wire name of a code ("bad_request", ...); "ok" for RV_PROTO_OK. Static. */
 const char *rv_proto_code_name(rv_proto_code_t code);
 
 typedef enum rv_request_type { RV_REQ_SEARCH = 1, RV_REQ_PING = 2 } rv_request_type_t;
+
+/* One clause of a search's "filter" (schemas/protocol.md, "Filters"), as
+ * written: field names and value types are checked against a collection's
+ * declared fields only by rv_request_filter_build. */
+typedef enum rv_filter_op { RV_FOP_EQ = 1, RV_FOP_IN = 2, RV_FOP_RANGE = 3 } rv_filter_op_t;
+
+typedef struct rv_filter_value {
+  char *string;  /* owned; NULL when the value is a number */
+  double number; /* when string is NULL; finite */
+} rv_filter_value_t;
+
+typedef struct rv_filter_clause {
+  char field[RV_NAME_MAX];
+  rv_filter_op_t op;
+  rv_filter_value_t *values; /* owned; EQ: 1, IN: 1..RV_FILTER_MAX_VALUES */
+  int n_values;
+  rv_bound_t lo_kind, hi_kind; /* RANGE: gt/gte and lt/lte (OPEN when not given) */
+  double lo, hi;
+} rv_filter_clause_t;
 
 typedef struct rv_request {
   rv_request_type_t type;
@@ -42,6 +63,10 @@ typedef struct rv_request {
   int dim;
   int k;                         /* search: 1..RV_PROTO_K_MAX, default RV_PROTO_K_DEFAULT */
   int ef;                        /* search: 1..RV_PROTO_EF_MAX, or 0 when not given */
+  rv_filter_clause_t *filter;    /* search: owned, a conjunction; NULL when no (or an empty) filter */
+  int n_filter;
+  char *filter_key;              /* search: the filter as canonical JSON (keys sorted), owned; NULL when
+                                    none. Part of the cache key */
 } rv_request_t;
 
 void rv_request_init(rv_request_t *r);
@@ -51,11 +76,24 @@ void rv_request_close(rv_request_t *r);
 /* Parses one text message of len bytes (it need not be NUL-terminated).
  * Returns RV_PROTO_OK and fills out (initialised by the caller) on success.
  * On failure returns the error code to reply with (BAD_REQUEST for invalid
- * JSON or fields, UNSUPPORTED for an unknown type), writes a human-readable
+ * JSON or fields, BAD_FILTER for a malformed "filter", UNSUPPORTED for an
+ * unknown type), writes a human-readable
  * reason into msg, and leaves out empty except for out->id_json, which is set
  * whenever the message carried a usable id so the error reply can echo it. */
 rv_proto_code_t rv_request_parse(const char *text, size_t len, rv_request_t *out, char *msg,
                                  size_t msg_size);
+
+/* Adds r's filter clauses to f, an empty filter over the collection's
+ * declared fields (the same fields and order as f was made for: e.g.
+ * rv_replica_filter_new and rv_replica_collection(..)->fields). Types:
+ * keyword fields take strings, and integers as their decimal text (the
+ * replica indexes integer metadata values of keyword fields that way), with
+ * equality or "in"; number fields take numbers, with equality or ranges.
+ * Returns RV_PROTO_OK, or RV_PROTO_BAD_FILTER with the reason in msg for an
+ * unknown field or a value or operator of the wrong type (f then holds part
+ * of the clauses: destroy it), RV_PROTO_INTERNAL when memory runs out. */
+rv_proto_code_t rv_request_filter_build(const rv_request_t *r, const rv_field_conf_t *fields, int n_fields,
+                                        rv_filter_t *f, char *msg, size_t msg_size);
 
 /* The formatters return malloc'd, NUL-terminated compact JSON text and its
  * length in *len, or NULL when memory runs out. id_json NULL is written as

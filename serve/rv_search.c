@@ -73,10 +73,27 @@ void rv_search_run(void *state, void *job) {
   const rv_request_t *q = &j->req;
   size_t len = 0;
 
+  /* The filter is checked against the collection's fields before any cache
+   * lookup: a bad filter gets its error, never a cached answer. */
+  rv_filter_t *filter = NULL;
+  if (q->n_filter > 0) {
+    char msg[512];
+    const rv_collection_conf_t *col = rv_replica_collection(j->replica);
+    filter = rv_replica_filter_new(j->replica);
+    rv_proto_code_t code = filter ? rv_request_filter_build(q, col->fields, col->n_fields, filter, msg, sizeof msg)
+                                  : (snprintf(msg, sizeof msg, "out of memory"), RV_PROTO_INTERNAL);
+    if (code != RV_PROTO_OK) {
+      rv_filter_destroy(filter);
+      deliver(sh, j->conn, rv_reply_error(q->id_json, code, msg, &len), &len);
+      rv_search_job_free(j);
+      return;
+    }
+  }
+
   rv_replica_stats_t st;
   rv_replica_stats(j->replica, &st);
-  uint64_t key =
-      rv_cache_key(j->collection, j->region, q->k, q->ef, q->vector, q->dim, st.generation);
+  uint64_t key = rv_cache_key(j->collection, j->region, q->k, q->ef, q->vector, q->dim, q->filter_key,
+                              st.generation);
 
   char *hits = NULL;
   size_t hits_len = 0;
@@ -95,10 +112,14 @@ void rv_search_run(void *state, void *job) {
 
   if (!cached) {
     rv_hit_list_t list = {0};
-    rv_err_t err = rv_replica_search(j->replica, q->vector, q->dim, q->k, q->ef, &list);
+    char why[256] = "";
+    rv_err_t err = rv_replica_search_filtered(j->replica, q->vector, q->dim, q->k, q->ef, filter, &list, why,
+                                              sizeof why);
+    rv_filter_destroy(filter);
+    filter = NULL;
     if (err) {
-      char msg[160];
-      snprintf(msg, sizeof msg, "search failed: %s", rv_err_str(err));
+      char msg[320];
+      snprintf(msg, sizeof msg, "search failed: %s", why[0] ? why : rv_err_str(err));
       rv_proto_code_t code = err == RV_ERR_DIM ? RV_PROTO_WRONG_DIM : RV_PROTO_INTERNAL;
       deliver(sh, j->conn, rv_reply_error(q->id_json, code, msg, &len), &len);
       rv_search_job_free(j);
@@ -117,6 +138,7 @@ void rv_search_run(void *state, void *job) {
     if (sh->l1) rv_lru_put(sh->l1, key, hits, hits_len);
     if (l2) rv_l2_set(l2, key, hits, hits_len);
   }
+  rv_filter_destroy(filter); /* a cache hit did not use it */
 
   int64_t took = rv_mono_us() - j->received_us;
   char *reply = rv_reply_results(q->id_json, hits, hits_len, took, cached, st.generation, &len);

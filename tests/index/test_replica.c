@@ -196,6 +196,101 @@ static void test_search_matches_brute_force(void **state) {
   rv_replica_destroy(r);
 }
 
+/* Filtered searches against a brute force over the matching live vectors,
+ * with replaces (the old slot's attributes must not linger) and deletes, in
+ * float and SQ8 storage (the latter trained from the first 150 vectors). */
+static void filtered_matches_brute_force(rv_hnsw_storage_t storage) {
+  enum { N = 600, D = 8 };
+  rv_replica_conf_t conf = {0};
+  snprintf(conf.collection.name, sizeof conf.collection.name, "filt");
+  conf.collection.dim = D;
+  conf.collection.metric = RV_METRIC_L2;
+  conf.collection.fields[0] = (rv_field_conf_t){"label", RV_FIELD_NUMBER};
+  conf.collection.fields[1] = (rv_field_conf_t){"class", RV_FIELD_KEYWORD};
+  conf.collection.n_fields = 2;
+  conf.storage = storage;
+  conf.sq8_train = 150;
+  char errstr[256] = "";
+  rv_replica_t *r = rv_replica_new(&conf, errstr, sizeof errstr);
+  if (!r) fail_msg("rv_replica_new: %s", errstr);
+
+  static char ids[N][16], metas[N][64];
+  static float vecs[N][D];
+  static int label[N], cls[N], live[N];
+  uint64_t seed = 77;
+  int64_t off = 0;
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < N; i++) {
+      if (round == 1 && i % 3) continue; /* round 2 replaces every third id with a new vector and class */
+      snprintf(ids[i], sizeof ids[i], "f%03d", i);
+      tu_fill(&seed, vecs[i], D);
+      label[i] = (int)(tu_next(&seed) % 10);
+      cls[i] = (int)(tu_next(&seed) % 4);
+      /* class 3 is written as an integer: keyword fields index integers as text */
+      if (cls[i] == 3) snprintf(metas[i], sizeof metas[i], "{\"label\":%d,\"class\":3,\"x\":[1]}", label[i]);
+      else snprintf(metas[i], sizeof metas[i], "{\"label\":%d,\"class\":\"c%d\"}", label[i], cls[i]);
+      rv_change_t c = change(ids[i], RV_OP_UPSERT, 0, off++, vecs[i], metas[i]);
+      c.dim = D;
+      assert_int_equal(rv_replica_apply(r, &c), RV_OK);
+      live[i] = 1;
+    }
+  }
+  for (int i = 0; i < N; i += 7) {
+    assert_int_equal(apply(r, ids[i], RV_OP_DELETE, 0, off++, NULL, NULL), RV_OK);
+    live[i] = 0;
+  }
+  rv_replica_stats_t st;
+  rv_replica_stats(r, &st);
+  assert_int_equal(st.quantized, storage == RV_HNSW_SQ8);
+
+  for (int t = 0; t < 12; t++) {
+    rv_filter_t *f = rv_replica_filter_new(r);
+    assert_non_null(f);
+    int lo = t % 10, hi = lo + 3;
+    const char *in[2] = {"c1", "3"};
+    if (t % 3 == 0) assert_int_equal(rv_filter_range(f, "label", RV_BOUND_INCL, lo, RV_BOUND_EXCL, hi, errstr, sizeof errstr), RV_OK);
+    if (t % 3 == 1) assert_int_equal(rv_filter_in(f, "class", in, 2, errstr, sizeof errstr), RV_OK);
+    if (t % 3 == 2) {
+      assert_int_equal(rv_filter_eq(f, "class", "c0", errstr, sizeof errstr), RV_OK);
+      assert_int_equal(rv_filter_range(f, "label", RV_BOUND_INCL, lo, RV_BOUND_OPEN, 0, errstr, sizeof errstr), RV_OK);
+    }
+    static tu_item_t items[N];
+    size_t n = 0;
+    for (int i = 0; i < N; i++) {
+      if (!live[i]) continue;
+      int ok = t % 3 == 0 ? label[i] >= lo && label[i] < hi
+             : t % 3 == 1 ? cls[i] == 1 || cls[i] == 3
+                          : cls[i] == 0 && label[i] >= lo;
+      if (ok) items[n++] = (tu_item_t){ids[i], vecs[i], metas[i]};
+    }
+    float q[D];
+    tu_fill(&seed, q, D);
+    int ks[] = {1, 10, (int)n + 3};
+    for (int j = 0; j < 3; j++) {
+      rv_hit_list_t got = {0};
+      assert_int_equal(rv_replica_search_filtered(r, q, D, ks[j], 0, f, &got, errstr, sizeof errstr), RV_OK);
+      tu_check_hits(&got, items, n, RV_METRIC_L2, q, D, ks[j]);
+      rv_hit_list_close(&got);
+    }
+    rv_filter_destroy(f);
+  }
+  /* A filter for another schema is refused, not misapplied. */
+  rv_field_conf_t other = {"label", RV_FIELD_KEYWORD};
+  rv_attrs_t *oa = rv_attrs_new(&other, 1, errstr, sizeof errstr);
+  rv_filter_t *bad = rv_filter_new(oa);
+  assert_int_equal(rv_filter_eq(bad, "label", "x", errstr, sizeof errstr), RV_OK);
+  rv_hit_list_t got = {0};
+  float q[D] = {0};
+  assert_int_not_equal(rv_replica_search_filtered(r, q, D, 5, 0, bad, &got, errstr, sizeof errstr), RV_OK);
+  assert_int_equal(got.n, 0);
+  rv_filter_destroy(bad);
+  rv_attrs_destroy(oa);
+  rv_replica_destroy(r);
+}
+
+static void test_filtered_search_float(void **state) { filtered_matches_brute_force(RV_HNSW_FLOAT); }
+static void test_filtered_search_sq8(void **state) { filtered_matches_brute_force(RV_HNSW_SQ8); }
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_new_without_brokers),
@@ -203,6 +298,8 @@ int main(void) {
       cmocka_unit_test(test_versions),
       cmocka_unit_test(test_invalid_change_changes_nothing),
       cmocka_unit_test(test_search_matches_brute_force),
+      cmocka_unit_test(test_filtered_search_float),
+      cmocka_unit_test(test_filtered_search_sq8),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -166,22 +166,26 @@ static void test_key_sensitivity(void **state) {
   float v[8] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
   float w[8];
   memcpy(w, v, sizeof v);
-  uint64_t base = rv_cache_key("fashion", "local", 10, 0, v, 8, 5);
-  assert_true(rv_cache_key("fashion", "local", 10, 0, w, 8, 5) == base); /* deterministic */
+  uint64_t base = rv_cache_key("fashion", "local", 10, 0, v, 8, NULL, 5);
+  assert_true(rv_cache_key("fashion", "local", 10, 0, w, 8, NULL, 5) == base); /* deterministic */
 
-  uint64_t other[9];
+  uint64_t other[12];
   int n = 0;
-  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 8, 6);  /* generation */
-  other[n++] = rv_cache_key("fashion", "local", 11, 0, v, 8, 5);  /* k */
-  other[n++] = rv_cache_key("fashion", "local", 10, 64, v, 8, 5); /* ef */
-  other[n++] = rv_cache_key("fashion", "eu", 10, 0, v, 8, 5);     /* region */
-  other[n++] = rv_cache_key("books", "local", 10, 0, v, 8, 5);    /* collection */
-  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 7, 5);  /* dim (a prefix of the vector) */
+  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 8, NULL, 6);  /* generation */
+  other[n++] = rv_cache_key("fashion", "local", 11, 0, v, 8, NULL, 5);  /* k */
+  other[n++] = rv_cache_key("fashion", "local", 10, 64, v, 8, NULL, 5); /* ef */
+  other[n++] = rv_cache_key("fashion", "eu", 10, 0, v, 8, NULL, 5);     /* region */
+  other[n++] = rv_cache_key("books", "local", 10, 0, v, 8, NULL, 5);    /* collection */
+  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 7, NULL, 5);  /* dim (a prefix of the vector) */
   w[7] = nextafterf(w[7], 1.0f);                                  /* one ulp in one element */
-  other[n++] = rv_cache_key("fashion", "local", 10, 0, w, 8, 5);
+  other[n++] = rv_cache_key("fashion", "local", 10, 0, w, 8, NULL, 5);
   /* name boundaries are part of the key: ("fashio","nlocal") != ("fashion","local") */
-  other[n++] = rv_cache_key("fashio", "nlocal", 10, 0, v, 8, 5);
-  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 8, 0);
+  other[n++] = rv_cache_key("fashio", "nlocal", 10, 0, v, 8, NULL, 5);
+  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 8, NULL, 0);
+  /* the filter: present or not, and its text */
+  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 8, "{\"label\":3}", 5);
+  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 8, "{\"label\":4}", 5);
+  other[n++] = rv_cache_key("fashion", "local", 10, 0, v, 8, "", 5);
   for (int i = 0; i < n; i++) {
     if (other[i] == base) print_error("variant %d collides with the base key\n", i);
     assert_true(other[i] != base);

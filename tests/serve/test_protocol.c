@@ -289,6 +289,190 @@ static void test_results_round_trip(void **state) {
   json_decref(o);
 }
 
+/* ---- filters ---- */
+
+static const char *search_with(const char *filter_json, char *buf, size_t size) {
+  snprintf(buf, size, "{\"type\":\"search\",\"id\":\"f\",\"collection\":\"fashion\",\"vector\":[1,2],\"filter\":%s}",
+           filter_json);
+  return buf;
+}
+
+static void test_filter_parse(void **state) {
+  (void)state;
+  rv_request_t r;
+  char msg[256], text[1024];
+  assert_int_equal(parse(search_with("{\"class\":{\"in\":[\"Shirt\",\"Coat\"]},\"label\":3,"
+                                     "\"price\":{\"gte\":1,\"lt\":5.5},\"brand\":{\"eq\":\"acme\"}}",
+                                     text, sizeof text),
+                         &r, msg, sizeof msg),
+                   RV_PROTO_OK);
+  assert_int_equal(r.n_filter, 4);
+  int seen = 0;
+  for (int i = 0; i < r.n_filter; i++) {
+    const rv_filter_clause_t *c = &r.filter[i];
+    if (!strcmp(c->field, "class")) {
+      assert_int_equal(c->op, RV_FOP_IN);
+      assert_int_equal(c->n_values, 2);
+      assert_string_equal(c->values[0].string, "Shirt");
+      assert_string_equal(c->values[1].string, "Coat");
+      seen |= 1;
+    } else if (!strcmp(c->field, "label")) {
+      assert_int_equal(c->op, RV_FOP_EQ);
+      assert_null(c->values[0].string);
+      assert_true(c->values[0].number == 3.0);
+      seen |= 2;
+    } else if (!strcmp(c->field, "price")) {
+      assert_int_equal(c->op, RV_FOP_RANGE);
+      assert_int_equal(c->lo_kind, RV_BOUND_INCL);
+      assert_int_equal(c->hi_kind, RV_BOUND_EXCL);
+      assert_true(c->lo == 1.0 && c->hi == 5.5);
+      seen |= 4;
+    } else if (!strcmp(c->field, "brand")) {
+      assert_int_equal(c->op, RV_FOP_EQ);
+      assert_string_equal(c->values[0].string, "acme");
+      seen |= 8;
+    }
+  }
+  assert_int_equal(seen, 15);
+  /* The cache key part is canonical: clause order does not matter, content does. */
+  char *key = strdup(r.filter_key);
+  rv_request_close(&r);
+  assert_int_equal(parse(search_with("{\"brand\":{\"eq\":\"acme\"},\"price\":{\"lt\":5.5,\"gte\":1},\"label\":3,"
+                                     "\"class\":{\"in\":[\"Shirt\",\"Coat\"]}}",
+                                     text, sizeof text),
+                         &r, msg, sizeof msg),
+                   RV_PROTO_OK);
+  assert_string_equal(r.filter_key, key);
+  rv_request_close(&r);
+  assert_int_equal(parse(search_with("{\"label\":4}", text, sizeof text), &r, msg, sizeof msg), RV_PROTO_OK);
+  assert_string_not_equal(r.filter_key, key);
+  rv_request_close(&r);
+  free(key);
+  /* No filter, null and {} all mean unfiltered. */
+  const char *none[] = {"null", "{}"};
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(parse(search_with(none[i], text, sizeof text), &r, msg, sizeof msg), RV_PROTO_OK);
+    assert_int_equal(r.n_filter, 0);
+    assert_null(r.filter_key);
+    rv_request_close(&r);
+  }
+}
+
+static void test_filter_syntax_errors(void **state) {
+  (void)state;
+  char text[1024];
+  struct {
+    const char *filter, *msg_part;
+  } bad[] = {
+      {"[1]", "must be an object"},
+      {"\"label\"", "must be an object"},
+      {"{\"label\":true}", "strings or numbers"},
+      {"{\"label\":null}", "strings or numbers"},
+      {"{\"label\":[1,2]}", "strings or numbers"},
+      {"{\"label\":{}}", "empty condition"},
+      {"{\"label\":{\"like\":\"x\"}}", "unknown operator \"like\""},
+      {"{\"label\":{\"in\":[]}}", "array of 1.."},
+      {"{\"label\":{\"in\":\"Coat\"}}", "array of 1.."},
+      {"{\"label\":{\"in\":[\"a\",{}]}}", "strings or numbers"},
+      {"{\"label\":{\"gte\":\"1\"}}", "takes a number"},
+      {"{\"label\":{\"gte\":1,\"gt\":2}}", "more than one lower bound"},
+      {"{\"label\":{\"lt\":1,\"lte\":2}}", "more than one upper bound"},
+      {"{\"label\":{\"eq\":1,\"lt\":2}}", "cannot be combined"},
+      {"{\"label\":{\"in\":[1],\"eq\":2}}", "cannot be combined"},
+      {"{\"\":1}", "1..63 bytes"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    expect_error(search_with(bad[i].filter, text, sizeof text), RV_PROTO_BAD_FILTER, "\"f\"", bad[i].msg_part);
+  assert_string_equal(rv_proto_code_name(RV_PROTO_BAD_FILTER), "bad_filter");
+}
+
+/* Builds r's filter over fields label (number) and class (keyword); returns
+ * the code, leaves the filter in *out (caller destroys) and msg. */
+static rv_proto_code_t build(const char *filter_json, rv_attrs_t *a, rv_filter_t **out, char *msg, size_t size) {
+  char text[1024];
+  rv_request_t r;
+  rv_proto_code_t code = parse(search_with(filter_json, text, sizeof text), &r, msg, size);
+  assert_int_equal(code, RV_PROTO_OK);
+  int n;
+  const rv_field_conf_t *fields = rv_attrs_fields(a, &n);
+  *out = rv_filter_new(a);
+  assert_non_null(*out);
+  code = rv_request_filter_build(&r, fields, n, *out, msg, size);
+  rv_request_close(&r);
+  return code;
+}
+
+static void test_filter_build(void **state) {
+  (void)state;
+  rv_field_conf_t fields[2] = {{"label", RV_FIELD_NUMBER}, {"class", RV_FIELD_KEYWORD}};
+  char errstr[256];
+  rv_attrs_t *a = rv_attrs_new(fields, 2, errstr, sizeof errstr);
+  assert_non_null(a);
+  /* slot i: label i, class "c<i % 3>" except slot 4 whose class is "7" */
+  for (uint32_t i = 0; i < 6; i++) {
+    char cls[8];
+    snprintf(cls, sizeof cls, i == 4 ? "7" : "c%u", i % 3);
+    rv_attr_value_t v[2] = {{"label", NULL, (double)i}, {"class", cls, NAN}};
+    assert_int_equal(rv_attrs_set(a, i, v, 2, errstr, sizeof errstr), RV_OK);
+  }
+  struct {
+    const char *filter;
+    unsigned want; /* bit i: slot i matches */
+  } good[] = {
+      {"{\"label\":3}", 1u << 3},
+      {"{\"label\":{\"eq\":2}}", 1u << 2},
+      {"{\"label\":{\"gte\":1,\"lt\":4}}", 0xEu},
+      {"{\"label\":{\"gt\":1}}", 0x3Cu},
+      {"{\"class\":\"c1\"}", (1u << 1)},
+      {"{\"class\":{\"in\":[\"c0\",\"c2\",\"nope\"]}}", (1u << 0) | (1u << 2) | (1u << 3) | (1u << 5)},
+      {"{\"class\":7}", 1u << 4}, /* integers name keyword values by their decimal text */
+      {"{\"class\":{\"in\":[\"c0\",7]},\"label\":{\"lte\":3}}", (1u << 0) | (1u << 3)},
+  };
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    rv_filter_t *f;
+    char msg[256];
+    rv_proto_code_t code = build(good[i].filter, a, &f, msg, sizeof msg);
+    if (code) print_error("%s: %s\n", good[i].filter, msg);
+    assert_int_equal(code, RV_PROTO_OK);
+    unsigned got = 0;
+    for (uint32_t s = 0; s < 6; s++) got |= (unsigned)rv_filter_matches(f, a, s) << s;
+    if (got != good[i].want) print_error("%s: matches 0x%x, want 0x%x\n", good[i].filter, got, good[i].want);
+    assert_int_equal(got, good[i].want);
+    rv_filter_destroy(f);
+  }
+  struct {
+    const char *filter, *msg_part;
+  } bad[] = {
+      {"{\"colour\":\"red\"}", "unknown filter field \"colour\" (declared: label, class)"},
+      {"{\"label\":\"three\"}", "number field takes numbers"},
+      {"{\"label\":{\"in\":[1,2]}}", "\"in\" applies to keyword fields"},
+      {"{\"class\":{\"gte\":1}}", "ranges apply to number fields"},
+      {"{\"class\":2.5}", "keyword field takes strings (or integers)"},
+      {"{\"class\":{\"in\":[\"a\",1e300]}}", "keyword field takes strings"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    rv_filter_t *f;
+    char msg[256] = "";
+    rv_proto_code_t code = build(bad[i].filter, a, &f, msg, sizeof msg);
+    if (code != RV_PROTO_BAD_FILTER || !strstr(msg, bad[i].msg_part))
+      print_error("%s: %s \"%s\", want bad_filter \"%s\"\n", bad[i].filter, rv_proto_code_name(code), msg,
+                  bad[i].msg_part);
+    assert_int_equal(code, RV_PROTO_BAD_FILTER);
+    assert_non_null(strstr(msg, bad[i].msg_part));
+    rv_filter_destroy(f);
+  }
+  /* A collection without fields says so. */
+  rv_attrs_t *none = rv_attrs_new(NULL, 0, errstr, sizeof errstr);
+  assert_non_null(none);
+  rv_filter_t *f;
+  char msg[256];
+  assert_int_equal(build("{\"label\":1}", none, &f, msg, sizeof msg), RV_PROTO_BAD_FILTER);
+  assert_non_null(strstr(msg, "declares no fields"));
+  rv_filter_destroy(f);
+  rv_attrs_destroy(none);
+  rv_attrs_destroy(a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_search),
@@ -302,6 +486,9 @@ int main(void) {
       cmocka_unit_test(test_vector_elements),
       cmocka_unit_test(test_error_and_pong_replies),
       cmocka_unit_test(test_results_round_trip),
+      cmocka_unit_test(test_filter_parse),
+      cmocka_unit_test(test_filter_syntax_errors),
+      cmocka_unit_test(test_filter_build),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
