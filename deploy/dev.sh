@@ -18,7 +18,7 @@ DEPS=(build-essential cmake pkg-config
       librdkafka-dev libavro-dev libpq-dev libhiredis-dev libwebsockets-dev libxxhash-dev
       libjansson-dev libyaml-dev libcmocka-dev zlib1g-dev libcurl4-openssl-dev
       postgresql-15 postgresql-client-15 postgresql-15-partman pgbouncer redis-server kcat dataset-fashion-mnist
-      python3 python3-numpy python3-websocket python3-hnswlib gnuplot-nox)
+      python3 python3-numpy python3-websocket python3-hnswlib gnuplot-nox libopenblas0-pthread)
 # The kafkajs integration test needs Node.js and npm; Debian's are enough,
 # but an existing `node` on PATH is used as it is.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || DEPS+=(nodejs npm)

@@ -18,6 +18,7 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 
 from harness import check, log, main, psql, wait_for  # noqa: E402
+from harness import encode_vector_record as encode  # noqa: E402
 
 DIM = 8
 N_GOOD = 3000
@@ -37,31 +38,7 @@ endpoints_file: ${RV_ENDPOINTS}
 """
 
 
-def zigzag(n):
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
-
-def avro_string(s):
-    b = s.encode()
-    return zigzag(len(b)) + b
-
-
-def encode(rid, vec, metadata):
-    """io.ruvector.VectorRecord (schemas/vector_record.avsc) from the Avro spec."""
-    out = avro_string(rid) + zigzag(0)
-    out += zigzag(1) + zigzag(len(vec)) + struct.pack(f"<{len(vec)}f", *vec) + zigzag(0)
-    out += zigzag(1) + avro_string(metadata)
-    out += zigzag(0)
-    return out
 
 
 def vector_of(i):

@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 
-from harness import WsClient, check, collection_count, log, main, psql, wait_for
+from harness import WsClient, check, collection_count, encode_vector_record, log, main, psql, wait_for
 
 DIM = 8
 N_PLAIN = 20
@@ -27,31 +27,7 @@ endpoints_file: ${RV_ENDPOINTS}
 """
 
 
-def zigzag(n):
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
-
-def avro_string(s):
-    b = s.encode()
-    return zigzag(len(b)) + b
-
-
-def encode_vector_record(rid, vec, metadata):
-    """io.ruvector.VectorRecord per schemas/vector_record.avsc, from the Avro spec."""
-    out = avro_string(rid) + zigzag(0)  # op = UPSERT (enum index 0)
-    out += zigzag(1) + zigzag(len(vec)) + struct.pack(f"<{len(vec)}f", *vec) + zigzag(0)  # union branch 1: array
-    out += zigzag(1) + avro_string(metadata)  # metadata: branch 1 (string)
-    out += zigzag(0)  # event_time: null
-    return out
 
 
 def kcat(args, input_bytes=None):

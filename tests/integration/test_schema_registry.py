@@ -16,7 +16,7 @@ import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from harness import check, log, main, psql, wait_for
+from harness import avro_string, check, log, main, psql, wait_for, zigzag
 
 DIM = 4
 BASE_FIELDS = [
@@ -79,22 +79,6 @@ class Registry:
         self.server.server_close()
 
 
-def zigzag(n):
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def avro_string(s):
-    b = s.encode()
-    return zigzag(len(b)) + b
 
 
 def encode(version, rid, vec, metadata):
