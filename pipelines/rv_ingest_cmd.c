@@ -27,6 +27,7 @@ void rv_ingest_conf_from_topology(const rv_topology_t *t, int i, const char *bro
   ic->batch_ms = t->batch_ms;
   ic->max_metadata_bytes = t->max_metadata_bytes;
   ic->sq8_train = t->sq8_train;
+  ic->sq8_train_wait_ms = t->sq8_train_wait_ms;
   snprintf(ic->sq8_params, sizeof ic->sq8_params, "%s", t->sq8_params[i]);
   ic->codes_only = !t->store_vector;
   ic->partman = t->partman;

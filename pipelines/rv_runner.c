@@ -15,6 +15,7 @@
 #include "rv_broker.h"
 #include "rv_embedded.h"
 #include "rv_ingest.h"
+#include "rv_ingest_cmd.h"
 #include "rv_log.h"
 #include "rv_produce.h"
 #include "rv_replica.h"
@@ -242,23 +243,8 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
   /* Ingest */
   for (int i = 0; i < t->n_collections; i++) {
     rv_ingest_conf_t ic;
-    memset(&ic, 0, sizeof ic);
-    snprintf(ic.brokers, sizeof ic.brokers, "%s", r->bootstrap);
-    snprintf(ic.pg_conninfo, sizeof ic.pg_conninfo, "%s", r->pg_conninfo);
-    ic.pgbouncer = t->pgbouncer;
-    ic.collection = t->collections[i];
-    ic.batch_rows = t->batch_rows;
-    ic.batch_ms = t->batch_ms;
-    ic.max_metadata_bytes = t->max_metadata_bytes;
-    ic.sq8_train = t->sq8_train;
-    ic.sq8_train_wait_ms = t->sq8_train_wait_ms;
-    snprintf(ic.sq8_params, sizeof ic.sq8_params, "%s", t->sq8_params[i]);
-    ic.codes_only = !t->store_vector;
-    ic.partman = t->partman;
-    ic.premake = t->premake;
-    snprintf(ic.schema_registry, sizeof ic.schema_registry, "%s", t->schema_registry);
+    rv_ingest_conf_from_topology(t, i, r->bootstrap, r->pg_conninfo, &ic);
     ic.metrics = r->metrics;
-    rv_ingest_conf_defaults(&ic);
     if (rv_ingest_migrate(&ic, err, sizeof err)) {
       rv_error(LOG, "ingest %s: migrate: %s", ic.collection.name, err);
       return -1;
