@@ -11,6 +11,7 @@
 #include "rv_broker.h"
 #include "rv_embedded.h"
 #include "rv_log.h"
+#include "rv_metrics_http.h"
 #include "rv_time.h"
 
 #define LOG "ingest"
@@ -38,6 +39,7 @@ void rv_ingest_conf_from_topology(const rv_topology_t *t, int i, const char *bro
 
 static void usage(FILE *f) {
   fputs("usage: ruvector ingest --topology FILE [--collection NAME] [--session-timeout-ms N] [--progress-ms N]\n"
+        "                       [--metrics-listen HOST:PORT]\n"
         "Runs only the ingest stage of a topology: consumes each collection's source\n"
         "topic (consumer group rv-ingest-<collection>), writes PostgreSQL, publishes the\n"
         "changelog after each commit. Kafka and PostgreSQL are the topology's; embedded\n"
@@ -48,10 +50,17 @@ static void usage(FILE *f) {
         "  -c, --collection NAME        only this collection (default: all of them)\n"
         "  -s, --session-timeout-ms N   consumer group session timeout (default 10000)\n"
         "  -p, --progress-ms N          progress line period on stdout (default 2000)\n"
+        "  -m, --metrics-listen HOST:PORT\n"
+        "                               serve GET /metrics (Prometheus text 0.0.4: the\n"
+        "                               rv_ingest_* series) and GET /health on this address,\n"
+        "                               e.g. 127.0.0.1:9464 or [::1]:9464; port 0 picks a\n"
+        "                               free one. Prints \"metrics: http://HOST:PORT/metrics\".\n"
+        "                               Default: no listener\n"
         "  -h, --help                   this text\n"
         "\n"
         "SIGTERM/SIGINT: finishes and commits the batch in progress, publishes its\n"
-        "changes, leaves the group, prints a final \"stopped:\" line and exits 0.\n"
+        "changes, leaves the group, prints a final \"stopped:\" line and exits 0; the\n"
+        "metrics listener answers until the ingest has stopped.\n"
         "Exit status: 0 after a signal, 1 if a stage could not start, 2 bad usage,\n"
         "78 invalid topology.\n",
         f);
@@ -77,6 +86,8 @@ typedef struct cmd {
   int idx[RV_MAX_COLLECTIONS]; /* topology index of each running collection */
   rv_ingest_t *ingest[RV_MAX_COLLECTIONS];
   int n;
+  rv_metrics_t *metrics;       /* NULL without --metrics-listen; outlives the ingests and the listener */
+  rv_metrics_http_t *listener; /* serves metrics; NULL without --metrics-listen */
 } cmd_t;
 
 static int start(cmd_t *c, const char *only, int session_timeout_ms) {
@@ -119,6 +130,7 @@ static int start(cmd_t *c, const char *only, int session_timeout_ms) {
     rv_ingest_conf_t ic;
     rv_ingest_conf_from_topology(t, c->idx[k], c->bootstrap, c->pg_conninfo, &ic);
     if (session_timeout_ms > 0) ic.session_timeout_ms = session_timeout_ms;
+    ic.metrics = c->metrics; /* borrowed: destroyed after the ingest */
     /* Another ingest process may be migrating too: the migration serialises itself. */
     if (rv_ingest_migrate(&ic, err, sizeof err)) {
       rv_error(LOG, "%s: migrate: %s", ic.collection.name, err);
@@ -141,18 +153,37 @@ static int start(cmd_t *c, const char *only, int session_timeout_ms) {
   return 0;
 }
 
+/* Creates the registry the ingests update and the listener that serves it. */
+static int start_listener(cmd_t *c, const char *host, int port) {
+  char err[512];
+  if (!(c->metrics = rv_metrics_new())) {
+    rv_error(LOG, "out of memory for the metrics registry");
+    return -1;
+  }
+  if (!(c->listener = rv_metrics_http_new(c->metrics, host, port, err, sizeof err))) {
+    rv_error(LOG, "%s", err);
+    return -1;
+  }
+  printf("metrics: %s\n", rv_metrics_http_url(c->listener));
+  fflush(stdout);
+  return 0;
+}
+
 int rv_ingest_cmd_main(int argc, char **argv) {
   static const struct option longopts[] = {{"topology", required_argument, NULL, 't'},
                                            {"collection", required_argument, NULL, 'c'},
                                            {"session-timeout-ms", required_argument, NULL, 's'},
                                            {"progress-ms", required_argument, NULL, 'p'},
+                                           {"metrics-listen", required_argument, NULL, 'm'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
   const char *topo_path = NULL, *only = NULL;
   long session = 0, progress = 2000;
+  char metrics_host[256] = "";
+  int metrics_port = -1; /* -1: no listener */
   int ch;
   optind = 0;
-  while ((ch = getopt_long(argc, argv, "t:c:s:p:h", longopts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "t:c:s:p:m:h", longopts, NULL)) != -1) {
     char *end = NULL;
     switch (ch) {
     case 't': topo_path = optarg; break;
@@ -171,6 +202,14 @@ int rv_ingest_cmd_main(int argc, char **argv) {
         return 2;
       }
       break;
+    case 'm': {
+      char why[300];
+      if (rv_metrics_http_parse_listen(optarg, metrics_host, sizeof metrics_host, &metrics_port, why, sizeof why)) {
+        fprintf(stderr, "ingest: --metrics-listen: %s\n", why);
+        return 2;
+      }
+      break;
+    }
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -200,10 +239,11 @@ int rv_ingest_cmd_main(int argc, char **argv) {
   pthread_sigmask(SIG_BLOCK, &set, NULL);
   signal(SIGPIPE, SIG_IGN);
 
-  int rc = 0;
-  if (start(c, only, (int)session) != 0) {
-    rc = 1;
-  } else {
+  /* The listener goes first: a port in use fails before any Kafka or
+   * PostgreSQL work, and /health answers while migrations run. */
+  int rc = metrics_port >= 0 && start_listener(c, metrics_host, metrics_port) != 0 ? 1 : 0;
+  if (rc == 0 && start(c, only, (int)session) != 0) rc = 1;
+  if (rc == 0) {
     int64_t last = rv_mono_ms();
     for (;;) {
       struct timespec ts = {0, 100 * 1000000};
@@ -226,6 +266,10 @@ int rv_ingest_cmd_main(int argc, char **argv) {
     rv_ingest_destroy(c->ingest[k]);
   }
   fflush(stdout);
+  /* The listener stops after the ingests: a scrape during the final commit
+   * still answers, and the registry outlives every reader and writer. */
+  rv_metrics_http_destroy(c->listener);
+  rv_metrics_destroy(c->metrics);
   rv_pg_server_stop(c->pg);
   rv_broker_destroy(c->broker);
   free(c);

@@ -14,7 +14,7 @@ void rv_ingest_conf_from_topology(const rv_topology_t *topo, int i, const char *
                                   rv_ingest_conf_t *out);
 
 /* `ruvector ingest --topology FILE [--collection NAME] [--session-timeout-ms N]
- * [--progress-ms N]`; argv[0] is the command name. Blocks until SIGTERM or
+ * [--progress-ms N] [--metrics-listen HOST:PORT]`; argv[0] is the command name. Blocks until SIGTERM or
  * SIGINT, then finishes and commits the batch in progress, publishes its
  * changes, leaves the consumer group and returns 0. Returns 1 when a stage
  * failed to start, 2 on bad usage, 78 (EX_CONFIG) for an invalid topology.
