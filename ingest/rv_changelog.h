@@ -20,4 +20,10 @@
 rv_err_t rv_changelog_encode(rv_codec_t *codec, const rv_batch_t *b, size_t i, rv_buf_t *out, char *errstr,
                              size_t errstr_size);
 
+/* Appends the plain Avro encoding of ch to out: the same bytes as
+ * rv_codec_encode_change, written directly (Avro-C's generic values cost
+ * more than the rest of the ingest client for 784-dim vectors). On failure
+ * out keeps its length (RV_ERR_INVALID: no id; RV_ERR_NOMEM). */
+rv_err_t rv_changelog_encode_change(const rv_change_t *ch, rv_buf_t *out, char *errstr, size_t errstr_size);
+
 #endif

@@ -415,7 +415,7 @@ corrupt:
 
 /* Appends the changes of one range row (the collection table's rows it
  * names, in source offset order) to the publication. */
-static rv_err_t load_range(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const PGresult *ob, int row,
+static rv_err_t load_range(rv_outbox_t *o, PGconn *c, const PGresult *ob, int row,
                            char *errstr, size_t errstr_size) {
   int32_t part = (int32_t)get_be(PQgetvalue(ob, row, 1), 4);
   int64_t batch_id = (int64_t)get_be(PQgetvalue(ob, row, 0), 8);
@@ -493,7 +493,7 @@ static rv_err_t load_range(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const P
       }
     }
     rec.val_off = o->data.len;
-    err = rv_codec_encode_change(codec, &ch, &o->data, errstr, errstr_size);
+    err = rv_changelog_encode_change(&ch, &o->data, errstr, errstr_size);
     if (err) break;
     rec.val_len = o->data.len - rec.val_off;
     if (add_rec(o, rec)) err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -508,6 +508,7 @@ static rv_err_t load_range(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const P
 
 rv_err_t rv_outbox_load(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const int32_t *partitions, size_t n,
                         char *errstr, size_t errstr_size) {
+  (void)codec; /* kept for encoders that need one; the change is encoded directly */
   rv_outbox_clear(o);
   if (!n) return RV_OK;
   if (int_list(&o->text2, partitions, n)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
@@ -525,7 +526,7 @@ rv_err_t rv_outbox_load(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const int3
       break;
     }
     if (PQgetisnull(r, i, 2) || PQgetisnull(r, i, 3)) {
-      err = load_range(o, c, codec, r, i, errstr, errstr_size);
+      err = load_range(o, c, r, i, errstr, errstr_size);
       continue;
     }
     int64_t batch_id = (int64_t)get_be(PQgetvalue(r, i, 0), 8);
