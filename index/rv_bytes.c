@@ -1,10 +1,16 @@
 #include "rv_bytes.h"
 
-/* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), one table lookup per
- * byte. xxhash is not allowed in rv_index (libc, libm and pthreads only) and
- * the files are small enough (a codebook is at most a few MiB) that the
- * hardware crc32 instruction is not worth an ISA path. Check value:
- * crc32c("123456789") == 0xe3069283. */
+/* CRC-32C (Castagnoli, reflected polynomial 0x82F63B78). Check value:
+ * crc32c("123456789") == 0xe3069283.
+ *
+ * Snapshots are checksummed whole (hundreds of MB), so on x86-64 the SSE4.2
+ * crc32 instruction does the work, 8 bytes per instruction, chosen at run
+ * time so the library still runs on a CPU without it. Elsewhere, and as the
+ * reference the fast path is tested against (tests/index/test_sq8.c), one
+ * table lookup per byte. (A slice-by-8 fallback would need 8 KiB more of
+ * table for CPUs that are either pre-2008 x86 or not x86, where an ISA path
+ * of their own, e.g. ARMv8's crc32c, would be the better investment.)
+ * xxhash is not allowed in rv_index (libc, libm and pthreads only). */
 static const uint32_t crc32c_table[256] = {
     0x00000000u, 0xf26b8303u, 0xe13b70f7u, 0x1350f3f4u, 0xc79a971fu, 0x35f1141cu,
     0x26a1e7e8u, 0xd4ca64ebu, 0x8ad958cfu, 0x78b2dbccu, 0x6be22838u, 0x9989ab3bu,
@@ -51,9 +57,46 @@ static const uint32_t crc32c_table[256] = {
     0xbe2da0a5u, 0x4c4623a6u, 0x5f16d052u, 0xad7d5351u,
 };
 
-uint32_t rv__crc32c(uint32_t crc, const void *data, size_t len) {
+uint32_t rv__crc32c_bytewise(uint32_t crc, const void *data, size_t len) {
   const uint8_t *p = data;
   crc = ~crc;
   for (size_t i = 0; i < len; i++) crc = crc32c_table[(crc ^ p[i]) & 0xffu] ^ (crc >> 8);
   return ~crc;
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <nmmintrin.h>
+
+/* The crc32 instruction implements exactly this CRC (same polynomial, same
+ * bit order, no inversion of its own). One dependency chain: about 8 bytes
+ * per 3 cycles, 15-20x the table loop; loads are unaligned, which costs
+ * nothing measurable on SSE4.2 hardware. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *p, size_t len) {
+  uint64_t c = ~crc;
+  for (; len >= 32; p += 32, len -= 32) {
+    uint64_t w[4];
+    memcpy(w, p, sizeof w);
+    c = _mm_crc32_u64(c, w[0]);
+    c = _mm_crc32_u64(c, w[1]);
+    c = _mm_crc32_u64(c, w[2]);
+    c = _mm_crc32_u64(c, w[3]);
+  }
+  for (; len >= 8; p += 8, len -= 8) {
+    uint64_t w;
+    memcpy(&w, p, sizeof w);
+    c = _mm_crc32_u64(c, w);
+  }
+  uint32_t c32 = (uint32_t)c;
+  for (; len; p++, len--) c32 = _mm_crc32_u8(c32, *p);
+  return ~c32;
+}
+
+uint32_t rv__crc32c(uint32_t crc, const void *data, size_t len) {
+  /* __builtin_cpu_supports reads what libgcc's constructor detected: a load
+   * and a test, no mutable state of ours. */
+  if (__builtin_cpu_supports("sse4.2")) return crc32c_sse42(crc, data, len);
+  return rv__crc32c_bytewise(crc, data, len);
+}
+#else
+uint32_t rv__crc32c(uint32_t crc, const void *data, size_t len) { return rv__crc32c_bytewise(crc, data, len); }
+#endif

@@ -7,8 +7,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* CRC-32C of len bytes at data, continuing from crc (0 to start). */
+/* CRC-32C of len bytes at data, continuing from crc (0 to start). data needs
+ * no alignment. Uses the SSE4.2 crc32 instruction when the CPU has it. */
 uint32_t rv__crc32c(uint32_t crc, const void *data, size_t len);
+
+/* The same, one table lookup per byte on any CPU: the reference the fast
+ * path is tested against. */
+uint32_t rv__crc32c_bytewise(uint32_t crc, const void *data, size_t len);
 
 static inline void rv__put_u32(uint8_t *p, uint32_t v) {
   p[0] = (uint8_t)v;

@@ -22,6 +22,10 @@
 #include "rv_pq.h"
 #include "rv_sq8.h"
 
+#define READ_RESERVE_STEP 65536u /* slots reserved at a time while reading */
+/* The largest parameter block a valid quantizer has: PQ at dim 65536, 256
+ * float centroids per dimension, plus headers. */
+#define MAX_QUANTIZER_BYTES ((256u * 65536u * 4u) + 65536u)
 #define FORMAT_VERSION 1u
 static const char MAGIC[8] = {'R', 'V', 'H', 'N', 'S', 'W', 0, 0};
 static const char TRAILER[8] = {'R', 'V', 'H', 'N', 'S', 'E', 'N', 'D'};
@@ -45,7 +49,7 @@ static void put(wbuf_t *b, const void *src, size_t len) {
     b->p = p;
     b->cap = nc;
   }
-  memcpy(b->p + b->n, src, len);
+  if (len) memcpy(b->p + b->n, src, len); /* src may be NULL when len is 0 */
   b->n += len;
 }
 static void put32(wbuf_t *b, uint32_t v) { put(b, &v, 4); }
@@ -189,8 +193,11 @@ static rv_err_t read_body(reader_t *r, rv_hnsw_t *h, uint32_t n_slots, uint64_t 
   rv_err_t err;
   char idbuf[RV_ID_MAX + 1];
   size_t live = 0, dead = 0;
-  if ((err = rv__hnsw_reserve(h, n_slots))) return rv_errf(err, errstr, errstr_size, "hnsw: out of memory");
   for (uint32_t s = 0; s < n_slots; s++) {
+    if (s % READ_RESERVE_STEP == 0) {
+      uint32_t want = n_slots - s < READ_RESERVE_STEP ? n_slots : s + READ_RESERVE_STEP;
+      if ((err = rv__hnsw_reserve(h, want))) return rv_errf(err, errstr, errstr_size, "hnsw: out of memory");
+    }
     rv__hnsw_slot_t *sl = rv__hnsw_slot(h, s);
     uint32_t st, level, version, idl;
     /* raised as we go: accessors and rv_hnsw_destroy then see the slot */
@@ -334,7 +341,9 @@ rv_err_t rv_hnsw_read(const rv_hnsw_conf_t *conf, int (*read)(void *ctx, void *b
   c.pq_m = (int)pq_m;
   c.pq_keep_floats = (int)keep;
   if (storage != RV_HNSW_PQ) c.pq_m = 0;
-  if (c.initial_capacity < n_slots) c.initial_capacity = n_slots;
+  /* Memory follows the slots actually read, not the count the header claims:
+   * a small corrupt stream must not reserve gigabytes before it fails. */
+  if (c.initial_capacity < n_slots) c.initial_capacity = n_slots < READ_RESERVE_STEP ? n_slots : READ_RESERVE_STEP;
   rv_hnsw_t *h = rv_hnsw_new(&c, errstr, errstr_size);
   if (!h) return RV_ERR_CORRUPT;
   if ((size_t)h->keep_floats != keep) {
@@ -344,7 +353,7 @@ rv_err_t rv_hnsw_read(const rv_hnsw_conf_t *conf, int (*read)(void *ctx, void *b
   rv_err_t err = RV_OK;
   if (storage == RV_HNSW_FLOAT && qlen) err = CORRUPT("float storage with a quantizer");
   if (!err && storage != RV_HNSW_FLOAT) {
-    if (!qlen || qlen > (1u << 30)) {
+    if (!qlen || qlen > MAX_QUANTIZER_BYTES) {
       err = CORRUPT("quantizer length %u", qlen);
     } else {
       uint8_t *qb = malloc(qlen);
