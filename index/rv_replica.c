@@ -33,15 +33,23 @@
 #define POLL_MS 100               /* bounds how long rv_replica_destroy waits for the applier */
 #define LAG_REFRESH_MS 50
 
-/* The last version applied for one id, and the id's metadata while it is
- * live; kept after a delete so that a stale upsert re-delivered later cannot
- * resurrect the id. Never removed. */
+#define NO_SLOT UINT32_MAX
+
+/* The last version applied for one id, the graph slot holding its vector and
+ * the id's metadata while it is live; kept after a delete so that a stale
+ * upsert re-delivered later cannot resurrect the id. Never removed.
+ * (slot, slot_version) names exactly one insert into the graph (rv_hnsw.h:
+ * a replaced vector gets a new slot, a reused slot a new version), so a search
+ * hit whose (id, version) equals them was scored on the vector this metadata
+ * came with. */
 typedef struct version {
   char *id; /* owned; NULL marks an empty table slot */
   uint64_t hash;
   int32_t partition;
   int64_t offset;
-  char *metadata; /* owned JSON text; NULL when the id has none or is deleted */
+  char *metadata;        /* owned JSON text; NULL when the id has none or is deleted */
+  uint32_t slot;         /* the live vector's internal id; NO_SLOT when deleted */
+  uint32_t slot_version; /* rv_hnsw_version of slot when the vector was inserted */
 } version_t;
 
 typedef struct versions {
@@ -50,21 +58,38 @@ typedef struct versions {
   size_t n;
 } versions_t;
 
+/* Locks (see rv_replica.h, "Locking"), always taken in this order:
+ *   apply_mu   serialises the writers of the replica's own state: applies,
+ *              the SQ8 rebuild, snapshots (which must see no apply half done)
+ *              and the publication of next_off. Searches never take it.
+ *   lock       guards which engine (hnsw, attrs) is current. Searches, stats
+ *              and filter_new hold it shared; only the SQ8 swap takes it
+ *              exclusively. Applies do not take it at all: the applier is the
+ *              only thread that swaps, and the engine allows writers
+ *              concurrently with searches.
+ *   meta_lock  guards the versions map against the applier's publication of
+ *              a change (and the map's growth): written for a few pointer
+ *              stores, read while a search copies its hits' ids and metadata.
+ *              Never held across a call into rv_hnsw or rv_attrs. */
 struct rv_replica {
   rv_replica_conf_t conf;
-  pthread_rwlock_t lock; /* write: apply, SQ8 rebuild, publishing next_off; read: search, stats, snapshot */
-  rv_hnsw_t *hnsw;       /* under lock (replaced by the SQ8 rebuild) */
-  rv_attrs_t *attrs;     /* under lock; slots are hnsw's internal ids */
-  versions_t versions;   /* under lock */
-  uint64_t applied;      /* under lock */
-  uint64_t generation;   /* under lock */
-  int sq8_pending;       /* under lock: SQ8 wanted, the index is still float */
+  pthread_mutex_t apply_mu;
+  pthread_rwlock_t lock;
+  pthread_rwlock_t meta_lock;
+  rv_hnsw_t *hnsw;       /* written under apply_mu + lock exclusive (the SQ8 swap); read under either */
+  rv_attrs_t *attrs;     /* as hnsw; slots are hnsw's internal ids */
+  versions_t versions;   /* written under apply_mu + meta_lock exclusive; read under either */
+  atomic_uint_fast64_t applied;    /* bumped by applies (under apply_mu) */
+  atomic_uint_fast64_t generation; /* bumped (release) after a change is published */
+  int sq8_pending;       /* under apply_mu: SQ8 wanted, the index is still float */
   int restored;          /* set by new only */
+  void (*apply_hook)(void *ctx, const char *stage); /* tests: rv__replica_set_apply_hook */
+  void *apply_hook_ctx;
   int64_t *start_off;    /* offsets loaded from the snapshot (-1: beginning); immutable after new */
   int n_start;
   _Atomic int64_t *next_off; /* the applier's next offset per partition (-1: none read); the pointer is
-                                published under the write lock, entries stored by the applier only */
-  int n_parts;               /* under lock, with next_off */
+                                published under apply_mu, entries stored by the applier only */
+  int n_parts;               /* under apply_mu, with next_off */
   atomic_uint_fast64_t skipped;
   atomic_int_fast64_t lag; /* written by the applier thread */
   atomic_bool stop;        /* set by rv_replica_destroy */
@@ -88,24 +113,36 @@ static version_t *versions_put(versions_t *v, char *id, uint64_t h) {
   while (v->slots[i].id) i = (i + 1) & mask;
   v->slots[i].id = id;
   v->slots[i].hash = h;
+  v->slots[i].slot = NO_SLOT;
   v->n++;
   return &v->slots[i];
 }
 
-/* Makes room for one more entry. On failure the map is unchanged. */
-static rv_err_t versions_reserve(versions_t *v) {
+/* If v has no room for one more entry, builds in *grown a table twice the
+ * size holding v's entries (sharing their strings: v stays valid until it is
+ * replaced by *grown, then only its slots array is freed); otherwise sets
+ * grown->slots to NULL. v is not changed, so readers may use it meanwhile. */
+static rv_err_t versions_grow(const versions_t *v, versions_t *grown) {
+  memset(grown, 0, sizeof *grown);
   if ((v->n + 1) * 2 <= v->cap) return RV_OK;
   size_t new_cap = v->cap ? v->cap * 2 : 64;
   version_t *slots = calloc(new_cap, sizeof *slots);
   if (!slots) return RV_ERR_NOMEM;
-  versions_t grown = {slots, new_cap, 0};
+  *grown = (versions_t){slots, new_cap, 0};
   for (size_t i = 0; i < v->cap; i++) {
     if (!v->slots[i].id) continue;
-    version_t *e = versions_put(&grown, v->slots[i].id, v->slots[i].hash);
-    e->partition = v->slots[i].partition;
-    e->offset = v->slots[i].offset;
-    e->metadata = v->slots[i].metadata;
+    version_t *e = versions_put(grown, v->slots[i].id, v->slots[i].hash);
+    *e = v->slots[i];
   }
+  return RV_OK;
+}
+
+/* Makes room for one more entry, in place (no concurrent readers: loading).
+ * On failure the map is unchanged. */
+static rv_err_t versions_reserve(versions_t *v) {
+  versions_t grown;
+  if (versions_grow(v, &grown)) return RV_ERR_NOMEM;
+  if (!grown.slots) return RV_OK;
   free(v->slots);
   *v = grown;
   return RV_OK;
@@ -188,7 +225,7 @@ static void parsed_attrs_close(parsed_attrs_t *p) {
   p->root = NULL;
 }
 
-/* Sets slot iid's attributes from metadata. Under the write lock. */
+/* Sets slot iid's attributes from metadata. By the applying thread. */
 static void set_attrs(rv_replica_t *r, rv_attrs_t *a, uint32_t iid, const char *id, const parsed_attrs_t *p) {
   if (!p->n) return; /* a fresh or cleared slot has none */
   char errstr[256];
@@ -250,6 +287,8 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
   if (c->ef_construction <= 0) c->ef_construction = DEFAULT_EF_CONSTRUCTION;
   if (c->sq8_train <= 0) c->sq8_train = DEFAULT_SQ8_TRAIN;
   atomic_init(&r->skipped, 0);
+  atomic_init(&r->applied, 0);
+  atomic_init(&r->generation, 0);
   atomic_init(&r->lag, -1);
   atomic_init(&r->stop, false);
 
@@ -272,7 +311,18 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
   }
   if (new_engine(c, &r->hnsw, &r->attrs, errstr, errstr_size)) goto fail;
   r->sq8_pending = c->storage == RV_HNSW_SQ8;
+  if (pthread_mutex_init(&r->apply_mu, NULL)) {
+    rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "pthread_mutex_init failed");
+    goto fail;
+  }
   if (init_lock(&r->lock)) {
+    pthread_mutex_destroy(&r->apply_mu);
+    rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "pthread_rwlock_init failed");
+    goto fail;
+  }
+  if (init_lock(&r->meta_lock)) {
+    pthread_rwlock_destroy(&r->lock);
+    pthread_mutex_destroy(&r->apply_mu);
     rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "pthread_rwlock_init failed");
     goto fail;
   }
@@ -284,7 +334,9 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
               c->snapshot_path);
     else if (err == RV_ERR_NOMEM) {
       rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "loading snapshot %s: out of memory", c->snapshot_path);
+      pthread_rwlock_destroy(&r->meta_lock);
       pthread_rwlock_destroy(&r->lock);
+      pthread_mutex_destroy(&r->apply_mu);
       goto fail;
     } else if (err)
       rv_error(LOG, "%s/%s: snapshot %s not used, rebuilding from the changelog: %s", c->collection.name, c->region,
@@ -302,10 +354,18 @@ fail:
 
 /* ---- SQ8: train once enough vectors are live, rebuild the graph ------------ */
 
-/* Under the write lock. Trains from every live vector and re-inserts them
- * into a new SQ8 index (attributes re-derived from the stored metadata), then
- * swaps it in. On failure logs and keeps the float index for good. */
-static void quantize_locked(rv_replica_t *r) {
+static void call_hook(rv_replica_t *r, const char *stage) {
+  if (r->apply_hook) r->apply_hook(r->apply_hook_ctx, stage);
+}
+
+/* Under apply_mu (so nothing writes the float index or the versions map
+ * meanwhile). Trains from every live vector and re-inserts them into a new SQ8
+ * index (attributes re-derived from the stored metadata) while searches go on
+ * against the float one; then, under the exclusive lock, swaps the new engine
+ * in and points every id's version entry at its new slot: that section is a
+ * pointer store per live id, and it is the only time searches wait for the
+ * applier. On failure logs and keeps the float index for good. */
+static void quantize(rv_replica_t *r) {
   r->sq8_pending = 0;
   const rv_replica_conf_t *c = &r->conf;
   int dim = c->collection.dim;
@@ -313,11 +373,14 @@ static void quantize_locked(rv_replica_t *r) {
   size_t n = rv_hnsw_count(r->hnsw);
   char errstr[256] = "", id[RV_ID_MAX + 1];
   uint32_t *iids = malloc((n ? n : 1) * sizeof *iids);
+  uint32_t *nslot = malloc((n ? n : 1) * sizeof *nslot);
+  uint32_t *nver = malloc((n ? n : 1) * sizeof *nver);
+  version_t **entry = malloc((n ? n : 1) * sizeof *entry);
   float *sample = malloc((n ? n : 1) * (size_t)dim * sizeof *sample);
   rv_hnsw_t *nh = NULL;
   rv_attrs_t *na = NULL;
   int64_t t0 = rv_mono_ms();
-  if (!iids || !sample) {
+  if (!iids || !nslot || !nver || !entry || !sample) {
     snprintf(errstr, sizeof errstr, "out of memory");
     goto fail;
   }
@@ -331,25 +394,42 @@ static void quantize_locked(rv_replica_t *r) {
   if (rv_hnsw_train(nh, sample, m, errstr, sizeof errstr)) goto fail;
   if (!(na = rv_attrs_new(c->collection.fields, c->collection.n_fields, errstr, sizeof errstr))) goto fail;
   for (size_t j = 0; j < m; j++) {
-    uint32_t niid;
     if (rv_hnsw_external_id(r->hnsw, iids[j], id, sizeof id) ||
-        rv_hnsw_upsert(nh, id, sample + j * (size_t)dim, dim, &niid)) {
+        rv_hnsw_upsert(nh, id, sample + j * (size_t)dim, dim, &nslot[j])) {
       snprintf(errstr, sizeof errstr, "re-inserting id '%.200s' failed", id);
       goto fail;
     }
-    version_t *v = versions_find(&r->versions, id, rv__hash_id(id));
+    nver[j] = rv_hnsw_version(nh, nslot[j]);
+    entry[j] = versions_find(&r->versions, id, rv__hash_id(id));
     parsed_attrs_t pa;
-    parse_attrs(&c->collection, v ? v->metadata : NULL, &pa);
-    set_attrs(r, na, niid, id, &pa);
+    parse_attrs(&c->collection, entry[j] ? entry[j]->metadata : NULL, &pa);
+    set_attrs(r, na, nslot[j], id, &pa);
     parsed_attrs_close(&pa);
   }
-  rv_hnsw_destroy(r->hnsw);
-  rv_attrs_destroy(r->attrs);
+  call_hook(r, "rebuilt");
+  int64_t t1 = rv_mono_ms();
+  rv_hnsw_t *oh = r->hnsw;
+  rv_attrs_t *oa = r->attrs;
+  pthread_rwlock_wrlock(&r->lock);
+  pthread_rwlock_wrlock(&r->meta_lock);
   r->hnsw = nh;
   r->attrs = na;
-  rv_info(LOG, "%s/%s: SQ8 quantizer trained from %zu vectors; graph rebuilt in %lld ms", c->collection.name,
-          c->region, m, (long long)(rv_mono_ms() - t0));
+  for (size_t j = 0; j < m; j++) {
+    if (!entry[j]) continue; /* cannot happen: every live id has an entry */
+    entry[j]->slot = nslot[j];
+    entry[j]->slot_version = nver[j];
+  }
+  pthread_rwlock_unlock(&r->meta_lock);
+  pthread_rwlock_unlock(&r->lock);
+  int64_t t2 = rv_mono_ms();
+  rv_hnsw_destroy(oh); /* no search holds it: they all ran under the lock we just held */
+  rv_attrs_destroy(oa);
+  rv_info(LOG, "%s/%s: SQ8 quantizer trained from %zu vectors; graph rebuilt in %lld ms (searches paused %lld ms)",
+          c->collection.name, c->region, m, (long long)(t1 - t0), (long long)(t2 - t1));
   free(iids);
+  free(nslot);
+  free(nver);
+  free(entry);
   free(sample);
   return;
 fail:
@@ -357,6 +437,9 @@ fail:
   rv_hnsw_destroy(nh);
   rv_attrs_destroy(na);
   free(iids);
+  free(nslot);
+  free(nver);
+  free(entry);
   free(sample);
 }
 
@@ -369,7 +452,6 @@ rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c) {
   if (upsert && !c->vector) return RV_ERR_INVALID;
   if (upsert && c->dim != r->conf.collection.dim) return RV_ERR_DIM;
 
-  /* Parsing and copying outside the lock: searches wait only for the index work. */
   parsed_attrs_t pa;
   parse_attrs(&r->conf.collection, upsert ? c->attributes : NULL, &pa);
   char *meta_copy = NULL, *id_copy = NULL;
@@ -379,27 +461,36 @@ rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c) {
   }
   uint64_t h = rv__hash_id(c->id);
   rv_err_t err = RV_OK;
-  pthread_rwlock_wrlock(&r->lock);
+  versions_t grown = {0};
+  pthread_mutex_lock(&r->apply_mu);
+  /* We are the map's only writer: reading it needs no meta_lock. */
   version_t *v = versions_find(&r->versions, c->id, h);
   /* Versions from different source partitions are not comparable (the source
    * topic was repartitioned, or the id moved): the one that arrives wins. */
   if (v && v->partition == c->src_partition && c->src_offset <= v->offset) {
-    r->applied++;
+    atomic_fetch_add(&r->applied, 1);
     goto out;
   }
   if (!v) {
-    /* Room and the key copy first, so a failure leaves index and map as they were. */
-    err = versions_reserve(&r->versions);
+    /* Room and the key copy first, so a failure leaves index and map as they
+     * were; a bigger table is built here, outside meta_lock, and swapped in
+     * with the publication below. */
+    err = versions_grow(&r->versions, &grown);
     if (!err && !(id_copy = strdup(c->id))) err = RV_ERR_NOMEM;
     if (err) goto out;
   }
+
+  /* The engine work, with searches running: a search sees the graph before
+   * or after the change (rv_hnsw.h), and the new vector's hits are dropped
+   * by collect() until the change is published below. */
   int altered = 0;
-  uint32_t old = 0, iid = 0;
+  uint32_t old = 0, iid = NO_SLOT, iid_version = 0;
   int had = rv_hnsw_internal_id(r->hnsw, c->id, &old) == RV_OK;
   if (upsert) {
     /* rv_attrs.h's order: upsert, set the new slot, clear the replaced one. */
     err = rv_hnsw_upsert(r->hnsw, c->id, c->vector, c->dim, &iid);
     if (err) goto out;
+    iid_version = rv_hnsw_version(r->hnsw, iid); /* stable: only we reuse slots */
     set_attrs(r, r->attrs, iid, c->id, &pa);
     if (had) rv_attrs_clear(r->attrs, old);
     altered = 1;
@@ -409,24 +500,48 @@ rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c) {
     rv_attrs_clear(r->attrs, old);
     altered = 1;
   } /* deleting an unknown id still records its version */
+  call_hook(r, "applied");
+
+  /* Publication: a few stores under meta_lock. From here on collect() pairs
+   * the new slot with this metadata, and no longer returns the old one. */
+  version_t *old_slots = NULL;
+  char *old_meta;
+  pthread_rwlock_wrlock(&r->meta_lock);
+  if (grown.slots) {
+    old_slots = r->versions.slots;
+    r->versions = grown;
+    grown.slots = NULL;
+  }
   if (!v) {
     v = versions_put(&r->versions, id_copy, h);
     id_copy = NULL;
   }
   v->partition = c->src_partition;
   v->offset = c->src_offset;
-  free(v->metadata);
+  old_meta = v->metadata;
   v->metadata = meta_copy; /* NULL for deletes */
   meta_copy = NULL;
-  r->applied++;
-  if (altered) r->generation++;
-  if (upsert && r->sq8_pending && rv_hnsw_count(r->hnsw) >= (size_t)r->conf.sq8_train) quantize_locked(r);
+  v->slot = iid;
+  v->slot_version = iid_version;
+  pthread_rwlock_unlock(&r->meta_lock);
+  free(old_meta); /* readers copy metadata under meta_lock: nobody holds it now */
+  free(old_slots);
+  atomic_fetch_add(&r->applied, 1);
+  /* After the publication: a reader that sees the new generation finds the change. */
+  if (altered) atomic_fetch_add_explicit(&r->generation, 1, memory_order_release);
+  if (upsert && r->sq8_pending && rv_hnsw_count(r->hnsw) >= (size_t)r->conf.sq8_train) quantize(r);
 out:
-  pthread_rwlock_unlock(&r->lock);
+  pthread_mutex_unlock(&r->apply_mu);
+  free(grown.slots); /* unused: shares its strings with the map, so only the array */
   parsed_attrs_close(&pa);
   free(id_copy);
   free(meta_copy);
   return err;
+}
+
+void rv__replica_set_apply_hook(rv_replica_t *r, void (*fn)(void *ctx, const char *stage), void *ctx) {
+  r->apply_hook = fn;
+  r->apply_hook_ctx = ctx;
 }
 
 /* ---- searching -------------------------------------------------------------- */
@@ -437,32 +552,53 @@ static int hit_cmp(const void *pa, const void *pb) {
   return strcmp(a->id, b->id);
 }
 
-/* Copies results into out with ids and metadata. Under the read lock. */
+/* Copies results into out with ids and metadata. Under lock (shared), so
+ * r->hnsw is the index res came from. A hit is kept only if its (slot,
+ * version) is its id's published one: that drops the vector of a change not
+ * yet published (the graph has it, the versions map not yet) and the old slot
+ * of an id replaced or deleted since the search scored it, so every hit's id,
+ * score and metadata are of one version, and an id appears at most once. */
 static rv_err_t collect_locked(rv_replica_t *r, const rv_hnsw_result_t *res, int n, rv_hit_list_t *out) {
   if (n == 0) return RV_OK;
   rv_hit_list_t l = {calloc((size_t)n, sizeof(rv_hit_t)), 0};
-  if (!l.hits) return RV_ERR_NOMEM;
-  char id[RV_ID_MAX + 1];
+  char *ids = malloc((size_t)n * (RV_ID_MAX + 1));
+  if (!l.hits || !ids) {
+    free(l.hits);
+    free(ids);
+    return RV_ERR_NOMEM;
+  }
+  /* The ids first, outside meta_lock (rv_hnsw takes its own locks). */
   for (int i = 0; i < n; i++) {
-    if (rv_hnsw_result_external_id(r->hnsw, &res[i], id, sizeof id)) continue; /* not under our lock: cannot happen */
+    char *id = ids + (size_t)i * (RV_ID_MAX + 1);
+    if (rv_hnsw_result_external_id(r->hnsw, &res[i], id, RV_ID_MAX + 1)) id[0] = '\0'; /* slot reused since */
+  }
+  rv_err_t err = RV_OK;
+  pthread_rwlock_rdlock(&r->meta_lock);
+  for (int i = 0; i < n && !err; i++) {
+    const char *id = ids + (size_t)i * (RV_ID_MAX + 1);
+    if (!id[0]) continue;
     const version_t *v = versions_find(&r->versions, id, rv__hash_id(id));
-    rv_hit_t *hit = &l.hits[l.n];
+    if (!v || v->slot != res[i].id || v->slot_version != res[i].version) continue;
+    rv_hit_t *hit = &l.hits[l.n++];
     hit->score = res[i].score;
     hit->id = strdup(id);
-    hit->metadata = v && v->metadata ? strdup(v->metadata) : NULL;
-    l.n++;
-    if (!hit->id || (v && v->metadata && !hit->metadata)) {
-      rv_hit_list_close(&l);
-      return RV_ERR_NOMEM;
-    }
+    hit->metadata = v->metadata ? strdup(v->metadata) : NULL;
+    if (!hit->id || (v->metadata && !hit->metadata)) err = RV_ERR_NOMEM;
   }
-  *out = l;
+  pthread_rwlock_unlock(&r->meta_lock);
+  free(ids);
+  if (err) {
+    rv_hit_list_close(&l);
+    return err;
+  }
+  if (l.n == 0) free(l.hits);
+  else *out = l;
   return RV_OK;
 }
 
 rv_filter_t *rv_replica_filter_new(rv_replica_t *r) {
   if (!r) return NULL;
-  /* Under the lock: the SQ8 rebuild swaps the store (for one of the same fields). */
+  /* Under the lock: the SQ8 swap replaces the store (with one of the same fields). */
   pthread_rwlock_rdlock(&r->lock);
   rv_filter_t *f = rv_filter_new(r->attrs);
   pthread_rwlock_unlock(&r->lock);
@@ -479,6 +615,8 @@ rv_err_t rv_replica_search_filtered(rv_replica_t *r, const float *q, int dim, in
   if (!res) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
   int n = 0;
   rv_err_t err;
+  /* Shared, with other searches and with applies (which do not take it): it
+   * only keeps the SQ8 swap from freeing the engine under us. */
   pthread_rwlock_rdlock(&r->lock);
   if (f && rv_filter_n_clauses(f) > 0) {
     err = rv_planner_search(r->hnsw, r->attrs, f, q, dim, k, ef, RV_PLAN_AUTO, res, &n, NULL, errstr, errstr_size);
@@ -502,10 +640,10 @@ rv_err_t rv_replica_search(rv_replica_t *r, const float *q, int dim, int k, int 
 void rv_replica_stats(rv_replica_t *r, rv_replica_stats_t *out) {
   memset(out, 0, sizeof *out);
   if (!r) return;
+  out->generation = atomic_load_explicit(&r->generation, memory_order_acquire);
+  out->applied = atomic_load(&r->applied);
   pthread_rwlock_rdlock(&r->lock);
   out->count = rv_hnsw_count(r->hnsw);
-  out->applied = r->applied;
-  out->generation = r->generation;
   out->quantized = rv_hnsw_conf(r->hnsw)->storage == RV_HNSW_SQ8;
   pthread_rwlock_unlock(&r->lock);
   out->restored = r->restored;
@@ -542,7 +680,7 @@ static rv_err_t put64(rv_buf_t *b, uint64_t v) {
   return rv_buf_append(b, p, 8);
 }
 
-/* Under the read lock (the applier's offsets are atomics it may store meanwhile:
+/* Under apply_mu (the applier's offsets are atomics it may store meanwhile:
  * an offset is stored only after its change is applied, so the saved offsets
  * are never ahead of the saved state; at worst a change is applied again,
  * which its version makes harmless). */
@@ -552,8 +690,8 @@ static rv_err_t positions_write_locked(const rv_replica_t *r, rv_buf_t *b) {
   if (!err) err = put32(b, POSN_VERSION);
   if (!err) err = put32(b, (uint32_t)strlen(topic));
   if (!err) err = rv_buf_append(b, topic, strlen(topic));
-  if (!err) err = put64(b, r->applied);
-  if (!err) err = put64(b, r->generation);
+  if (!err) err = put64(b, atomic_load(&r->applied));
+  if (!err) err = put64(b, atomic_load(&r->generation));
   int n = r->next_off ? r->n_parts : r->n_start;
   if (!err) err = put32(b, (uint32_t)n);
   for (int p = 0; !err && p < n; p++)
@@ -660,8 +798,8 @@ static rv_err_t positions_read(rv_replica_t *r, const void *blob, size_t len, ch
   }
   if (c.p != c.end) BAD("%zu bytes after the last entry", (size_t)(c.end - c.p));
 #undef BAD
-  r->applied = applied;
-  r->generation = generation;
+  atomic_store(&r->applied, applied);
+  atomic_store(&r->generation, generation);
   return RV_OK;
 }
 
@@ -696,14 +834,18 @@ static rv_err_t load_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size)
     goto fail;
   }
   if ((err = positions_read(r, blob, blob_len, errstr, errstr_size))) goto fail;
-  /* Every live vector must have its version (and metadata) entry. */
+  /* Every live vector must have its version (and metadata) entry, which
+   * learns the vector's slot (not saved: the graph knows it). */
   uint32_t bound = rv_hnsw_id_bound(h);
   for (uint32_t i = 0; i < bound; i++) {
     if (!rv_hnsw_is_live(h, i)) continue;
-    if (rv_hnsw_external_id(h, i, id, sizeof id) || !versions_find(&r->versions, id, rv__hash_id(id))) {
+    version_t *v = NULL;
+    if (rv_hnsw_external_id(h, i, id, sizeof id) || !(v = versions_find(&r->versions, id, rv__hash_id(id)))) {
       err = rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "live slot %u ('%s') has no version entry", (unsigned)i, id);
       goto fail;
     }
+    v->slot = i;
+    v->slot_version = rv_hnsw_version(h, i);
   }
   if (!a || !same_fields(a, &c->collection)) {
     /* The declared fields changed since the save: derive the store again from the metadata. */
@@ -741,7 +883,8 @@ fail:
   free(r->start_off);
   r->start_off = NULL;
   r->n_start = 0;
-  r->applied = r->generation = 0;
+  atomic_store(&r->applied, 0);
+  atomic_store(&r->generation, 0);
   return err;
 }
 
@@ -750,12 +893,13 @@ rv_err_t rv_replica_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size) 
   if (!r->conf.snapshot_path[0]) return rv_errf(RV_ERR_STATE, errstr, errstr_size, "no snapshot path configured");
   rv_buf_t b;
   rv_buf_init(&b);
-  /* The read lock keeps writers out (rv_snapshot_save's rule); searches go on. */
-  pthread_rwlock_rdlock(&r->lock);
+  /* apply_mu quiesces the applier (rv_snapshot_save's rule: no writer in
+   * flight, and no change half published); searches go on. */
+  pthread_mutex_lock(&r->apply_mu);
   rv_err_t err = positions_write_locked(r, &b);
   if (err) rv_errf(err, errstr, errstr_size, "encoding positions: %s", rv_err_str(err));
   else err = rv_snapshot_save(r->conf.snapshot_path, r->hnsw, r->attrs, b.base, b.len, errstr, errstr_size);
-  pthread_rwlock_unlock(&r->lock);
+  pthread_mutex_unlock(&r->apply_mu);
   rv_buf_close(&b);
   return err;
 }
@@ -881,10 +1025,10 @@ static void *applier_main(void *arg) {
   }
   if (r->n_start > n)
     rv_warn(LOG, "%s: the snapshot has offsets of %d partitions, %s has %d", r->conf.region, r->n_start, topic, n);
-  pthread_rwlock_wrlock(&r->lock); /* publish for snapshots; the array lives until destroy */
+  pthread_mutex_lock(&r->apply_mu); /* publish for snapshots; the array lives until destroy */
   r->next_off = next_off;
   r->n_parts = n;
-  pthread_rwlock_unlock(&r->lock);
+  pthread_mutex_unlock(&r->apply_mu);
   rd_kafka_resp_err_t kerr = rd_kafka_assign(r->rk, parts);
   rd_kafka_topic_partition_list_destroy(parts);
   if (kerr) {
@@ -999,6 +1143,8 @@ void rv_replica_destroy(rv_replica_t *r) {
   rv_attrs_destroy(r->attrs);
   free((void *)r->next_off);
   free(r->start_off);
+  pthread_rwlock_destroy(&r->meta_lock);
   pthread_rwlock_destroy(&r->lock);
+  pthread_mutex_destroy(&r->apply_mu);
   free(r);
 }

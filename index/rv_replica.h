@@ -7,19 +7,37 @@
  * filled from each change's metadata JSON; filtered searches go through the
  * planner (rv_planner.h).
  *
- * Locking: one rwlock. A change is applied whole under the write lock (graph
- * insert, attributes, metadata, version map); a search holds the read lock
- * from the graph walk until its hits are copied out. So a search never sees
- * a half-applied change (a hit's id, score and metadata are always from one
- * version), at the price of searches waiting for the one apply in progress.
- * The engine would allow concurrent writers and searches, but the version
- * map and the metadata would then need their own protocol; one applier thread
- * is the writer in practice, so the simple rule wins. The lock prefers the
- * writer, so back-to-back searches cannot starve the applier.
+ * Threads and locks. Applies are serialised among themselves (a mutex; one
+ * applier thread in practice) and run concurrently with any number of
+ * searches, which never wait for the engine work of an apply:
+ *   - The graph insert/delete (with its neighbour repair) and the attribute
+ *     updates run with no replica lock held: the engine and the attribute
+ *     store allow writers concurrently with searches (rv_hnsw.h, rv_attrs.h).
+ *   - Then the change is published: the id's entry in the version map gets
+ *     the new version, metadata and the graph slot (internal id and slot
+ *     version) its vector now lives in, under a small rwlock held
+ *     exclusively for a few stores.
+ *   - A search walks the graph, then copies its hits' ids and metadata under
+ *     that rwlock held shared, keeping only the hits whose (slot, version) is
+ *     their id's published one. So a hit's id, score and metadata are always
+ *     from one version, an id appears at most once, and a change shows up
+ *     whole at its publication; a vector the graph holds but whose change is
+ *     not yet published is left out (as is, from then on, the slot a replace
+ *     or delete retired). A search running across an apply may therefore
+ *     return fewer than k hits, briefly, as a search across rv_hnsw_upsert
+ *     can.
+ *   - stats.generation is bumped after the publication: a caller that reads
+ *     generation g and then searches sees every change up to g.
+ * Both rwlocks prefer the writer, so back-to-back searches cannot starve the
+ * applier.
  *
  * SQ8 storage: the replica indexes float vectors until it holds sq8_train
  * live vectors, then trains the quantizer from all of them and rebuilds the
- * graph in SQ8 (once, under the write lock: searches wait for the rebuild).
+ * graph in SQ8, once, inside the apply that reached the count. Searches go on
+ * against the float graph during the rebuild (applies wait: they are
+ * serialised with it); only the swap of the new graph in, and the re-pointing
+ * of each id's entry at its new slot, takes an exclusive lock that waits for
+ * the searches in flight and holds new ones off (O(live ids) stores).
  * Simple and correct: no change is ever buffered or unsearchable.
  *
  * Snapshots: with snapshot_path set, rv_replica_new loads the file if it
@@ -88,8 +106,9 @@ void rv_replica_destroy(rv_replica_t *r);
  * re-delivered changelog records are harmless. Metadata (c->attributes) that
  * is a JSON object sets the declared fields it names: keyword fields take
  * strings (and integers, as their decimal text), number fields take numbers;
- * anything else leaves the field missing. Thread: any, serialised with the
- * applier by the replica's write lock. */
+ * anything else leaves the field missing. Thread: any; applies (and
+ * snapshots) are serialised with the applier by the replica's apply mutex,
+ * searches run concurrently (see "Threads and locks" at the top). */
 rv_err_t rv_replica_apply(rv_replica_t *r, const rv_change_t *c);
 
 /* k nearest neighbours of q (dim must match), best first, equal scores by
@@ -108,12 +127,23 @@ rv_err_t rv_replica_search_filtered(rv_replica_t *r, const float *q, int dim, in
                                     rv_hit_list_t *out, char *errstr, size_t errstr_size);
 
 /* Saves a snapshot now (to conf.snapshot_path): the applied state with the
- * applier's current positions. Applies wait meanwhile; searches continue.
+ * applier's current positions. It holds the apply mutex, so the applier is
+ * quiesced between two whole changes while the file is written (applies wait
+ * meanwhile); searches continue.
  * RV_ERR_STATE if no path is configured; otherwise rv_snapshot_save's errors.
  * Thread: any. */
 rv_err_t rv_replica_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size);
 
 void rv_replica_stats(rv_replica_t *r, rv_replica_stats_t *out);
 const rv_collection_conf_t *rv_replica_collection(const rv_replica_t *r);
+
+/* ---- for tests (index/ internal) ------------------------------------------ */
+
+/* fn(ctx, stage) is called by the applying thread, holding the apply mutex
+ * and no lock searches take: stage "applied" after an apply's engine work,
+ * before its publication; "rebuilt" after the SQ8 graph is built, before it
+ * is swapped in. Tests block there to check that searches go on. Set it
+ * before the first apply; NULL removes it. */
+void rv__replica_set_apply_hook(rv_replica_t *r, void (*fn)(void *ctx, const char *stage), void *ctx);
 
 #endif
