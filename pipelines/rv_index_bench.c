@@ -29,6 +29,7 @@ typedef struct opts {
   long limit;
   int efs[MAX_EFS];
   int n_efs;
+  int churn; /* rounds of the churn experiment, 0 = off */
 } opts_t;
 
 static void usage(FILE *f) {
@@ -44,7 +45,12 @@ static void usage(FILE *f) {
         "  --pq-m N                PQ sub-quantizers (default dim/8, a divisor of dim)\n"
         "  --rerank N              SQ8/PQ: candidates re-scored with floats (default max(k, ef))\n"
         "  --out FILE.ivecs        write result row ids (FILE.ef<EF>.ivecs for several --ef)\n"
-        "  --gt FILE.ivecs         true neighbours: report recall@k\n",
+        "  --gt FILE.ivecs         true neighbours: report recall@k\n"
+        "  --churn ROUNDS          instead: build over the first half of the base set, then\n"
+        "                          ROUNDS times delete 30%% of the live vectors and insert as many\n"
+        "                          from the second half; report recall@k at the first --ef of the\n"
+        "                          churned index and of a fresh build over the same final set\n"
+        "                          (exact neighbours by brute force, first 2,000 queries)\n",
         f);
 }
 
@@ -177,7 +183,8 @@ static int parse_args(int argc, char **argv, opts_t *o) {
       {"k", required_argument, 0, 'k'},      {"limit", required_argument, 0, 'l'},
       {"pq-m", required_argument, 0, 'p'},   {"rerank", required_argument, 0, 'r'},
       {"out", required_argument, 0, 'o'},    {"gt", required_argument, 0, 'g'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+      {"churn", required_argument, 0, 'C'},  {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   rv_hnsw_conf_defaults(&o->conf);
   o->threads = 1;
@@ -233,6 +240,10 @@ static int parse_args(int argc, char **argv, opts_t *o) {
     case 'r':
       if (parse_int(optarg, 0, 100000, &v)) goto bad;
       o->conf.rerank = (int)v;
+      break;
+    case 'C':
+      if (parse_int(optarg, 1, 10, &v)) goto bad;
+      o->churn = (int)v;
       break;
     case 'h': usage(stdout); exit(0);
     default: usage(stderr); return -1;
@@ -325,6 +336,119 @@ static int build(const opts_t *o, const dataset_t *base, rv_hnsw_t **out, uint32
   return 0;
 }
 
+#define CHURN_FRACTION 0.3
+#define CHURN_QUERIES 2000
+
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/* recall@k of h at ef against exact neighbours (row ids) in gt. */
+static int churn_recall(rv_hnsw_t *h, const dataset_t *qs, size_t nq, int k, int ef, const int32_t *gt,
+                        double *out) {
+  rv_hnsw_result_t *res = malloc((size_t)k * sizeof *res);
+  int32_t *got = malloc(nq * (size_t)k * sizeof *got);
+  char idb[RV_ID_MAX + 1];
+  int rc = -1;
+  if (!res || !got) goto done;
+  for (size_t i = 0; i < nq; i++) {
+    int n = 0;
+    if (rv_hnsw_search(h, qs->v + i * (size_t)qs->dim, qs->dim, k, ef, NULL, res, &n)) goto done;
+    for (int j = 0; j < k; j++) {
+      got[i * (size_t)k + j] = -1;
+      if (j < n && !rv_hnsw_result_external_id(h, &res[j], idb, sizeof idb)) got[i * (size_t)k + j] = atoi(idb);
+    }
+  }
+  *out = recall(got, gt, nq, k);
+  rc = 0;
+done:
+  free(res);
+  free(got);
+  return rc;
+}
+
+/* The churn experiment (see --churn in the usage). */
+static int run_churn(const opts_t *o, const dataset_t *base, const dataset_t *qs) {
+  char err[512];
+  size_t half = base->n / 2, nq = qs->n < CHURN_QUERIES ? qs->n : CHURN_QUERIES;
+  int k = o->k, ef = o->efs[0];
+  rv_hnsw_conf_t conf = o->conf;
+  conf.dim = base->dim;
+  conf.initial_capacity = half;
+  uint32_t *live = malloc(half * sizeof *live); /* rows live in the churned index */
+  int32_t *gt = malloc(nq * (size_t)k * sizeof *gt);
+  rv_hnsw_result_t *res = malloc((size_t)k * sizeof *res);
+  rv_hnsw_t *h = rv_hnsw_new(&conf, err, sizeof err), *fresh = NULL;
+  int rc = 1;
+  if (!live || !gt || !res || !h) {
+    fprintf(stderr, "index-bench: %s\n", h ? "out of memory" : err);
+    goto done;
+  }
+  if (conf.storage != RV_HNSW_FLOAT && rv_hnsw_train(h, base->v, half < TRAIN_SAMPLE ? half : TRAIN_SAMPLE, err,
+                                                      sizeof err)) {
+    fprintf(stderr, "index-bench: training the quantizer: %s\n", err);
+    goto done;
+  }
+  for (size_t i = 0; i < half; i++) {
+    live[i] = (uint32_t)i;
+    if (rv_hnsw_upsert_u64(h, i, base->v + i * (size_t)base->dim, base->dim, NULL)) goto fail;
+  }
+  uint64_t seed = 42;
+  size_t next = half, n_live = half;
+  for (int r = 0; r < o->churn; r++) {
+    size_t del = (size_t)(CHURN_FRACTION * (double)n_live);
+    if (next + del > base->n) {
+      fprintf(stderr, "index-bench: the base set is too small for %d churn rounds\n", o->churn);
+      goto done;
+    }
+    for (size_t i = 0; i < del; i++) { /* a random 30%: partial Fisher-Yates to the end */
+      size_t j = i + splitmix(&seed) % (n_live - i), t = live[i];
+      live[i] = live[j];
+      live[j] = (uint32_t)t;
+      if (rv_hnsw_delete_u64(h, live[i])) goto fail;
+    }
+    for (size_t i = 0; i < del; i++, next++) {
+      live[i] = (uint32_t)next;
+      if (rv_hnsw_upsert_u64(h, next, base->v + next * (size_t)base->dim, base->dim, NULL)) goto fail;
+    }
+  }
+  /* A fresh build over the same final set, in the same order of rows. */
+  conf.initial_capacity = n_live;
+  if (!(fresh = rv_hnsw_new(&conf, err, sizeof err))) goto fail;
+  if (conf.storage != RV_HNSW_FLOAT && rv_hnsw_train(fresh, base->v, half < TRAIN_SAMPLE ? half : TRAIN_SAMPLE, err,
+                                                      sizeof err))
+    goto fail;
+  for (size_t i = 0; i < n_live; i++)
+    if (rv_hnsw_upsert_u64(fresh, live[i], base->v + live[i] * (size_t)base->dim, base->dim, NULL)) goto fail;
+  /* Exact neighbours of the final set: brute force over the fresh index. */
+  char idb[RV_ID_MAX + 1];
+  for (size_t i = 0; i < nq; i++) {
+    int n = 0;
+    if (rv_hnsw_search_exact(fresh, qs->v + i * (size_t)qs->dim, qs->dim, k, NULL, res, &n)) goto fail;
+    for (int j = 0; j < k; j++)
+      gt[i * (size_t)k + j] = j < n && !rv_hnsw_result_external_id(fresh, &res[j], idb, sizeof idb) ? atoi(idb) : -1;
+  }
+  double rc_churn, rc_fresh;
+  if (churn_recall(h, qs, nq, k, ef, gt, &rc_churn) || churn_recall(fresh, qs, nq, k, ef, gt, &rc_fresh)) goto fail;
+  printf("churn rounds=%d fraction=%.2f live=%zu queries=%zu ef=%d recall_churned=%.4f recall_fresh=%.4f "
+         "delta=%.4f\n",
+         o->churn, CHURN_FRACTION, n_live, nq, ef, rc_churn, rc_fresh, rc_churn - rc_fresh);
+  rc = 0;
+  goto done;
+fail:
+  fprintf(stderr, "index-bench: churn experiment failed\n");
+done:
+  rv_hnsw_destroy(h);
+  rv_hnsw_destroy(fresh);
+  free(live);
+  free(gt);
+  free(res);
+  return rc;
+}
+
 int rv_index_bench_main(int argc, char **argv) {
   opts_t o;
   if (parse_args(argc, argv, &o)) return EX_USAGE;
@@ -341,6 +465,10 @@ int rv_index_bench_main(int argc, char **argv) {
   rv_hnsw_result_t *res = malloc((size_t)o.k * sizeof *res);
   if (qs.dim != base.dim) {
     fprintf(stderr, "index-bench: queries have dim %d, base %d\n", qs.dim, base.dim);
+    goto done;
+  }
+  if (o.churn) {
+    rc = run_churn(&o, &base, &qs);
     goto done;
   }
   if (o.gt && !(gt = load_ivecs(o.gt, qs.n, o.k))) goto done;

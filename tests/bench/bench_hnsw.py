@@ -9,7 +9,9 @@ M=16, ef_construction=100, build on one thread (and this engine also on two,
 for the scaling figure), and answer the queries on one thread while ef_search
 sweeps 10..512. Prints a table of recall@10 / QPS / build seconds / bytes per
 vector, the QPS ratios against hnswlib at recall 0.95 and 0.99 (interpolated
-along each curve), and writes recall-vs-QPS as a PNG with gnuplot.
+along each curve), the churn figure (recall after three rounds of deleting
+30% and inserting as many, against a fresh build of the same final set), and
+writes recall-vs-QPS as a PNG with gnuplot.
 
 Absolute times drift between runs on shared machines: read the ratios.
 """
@@ -217,6 +219,18 @@ def main():
                   for m, r in scale.items()))
     print("bytes per vector (graph + codes; SQ8/PQ re-rank floats kept beside): " +
           "; ".join(f"{r['name']} {r['bytes']:.0f} ({r['bytes'] / href['bytes']:.2f}x hnswlib)" for r in results))
+    for mode in ("float", "sq8"):
+        cmd = [args.ruvector, "index-bench", "--base", train, "--queries", test, "--mode", mode, "--churn", "3",
+               "--ef", "64", "--k", str(K)]
+        print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((l for l in p.stdout.splitlines() if l.startswith("churn ")), None)
+        if p.returncode != 0 or not line:
+            raise SystemExit(f"index-bench --churn failed ({p.returncode}):\n{p.stderr}")
+        c = parse_kv(line)
+        print(f"churn ({mode}, 30k live of the training set, 3 rounds of deleting 30% and inserting as many, "
+              f"ef=64, {c['queries']} queries): recall@10 {c['recall_churned']} vs fresh build "
+              f"{c['recall_fresh']} (delta {float(c['delta']):+.4f})", flush=True)
     plot(results, args.out, os.path.join(args.out, "recall_qps.png"))
 
 
