@@ -41,10 +41,10 @@ typedef struct rv_batch {
   uint8_t *sq8;        /* owned */
   size_t sq8_size;     /* bytes per code; 0 when the batch has no SQ8 codes */
   int32_t sq8_version; /* rv_quantizers version the codes were made with */
-  uint8_t *pq;         /* owned; like sq8 (written by the PostgreSQL writer; nothing fills it yet) */
-  size_t pq_size;
-  int32_t pq_version;
-  size_t cap_codes;    /* rows sq8 has room for */
+  uint8_t *pq;         /* owned; like sq8; NULL or room for cap_codes codes */
+  size_t pq_size;      /* bytes per PQ code (pq_m); 0 when the rows go without PQ codes (pq_code NULL) */
+  int32_t pq_version;  /* rv_quantizers version of the PQ codes */
+  size_t cap_codes;    /* rows sq8 (and pq, unless NULL) have room for */
   size_t n_coded;      /* rows encoded */
 } rv_batch_t;
 

@@ -32,6 +32,8 @@ typedef struct rv_ingest_conf {
   int sq8_train_wait_ms;            /* ... or from fewer, once the first batch waited this long (default 5000) */
   char sq8_params[512];             /* or read from this SQ8 parameter file ("" = train) */
   int codes_only;                   /* 1: store the SQ8 code without the raw float32 vector (default 0) */
+  int pq_m;                         /* PQ sub-quantizers, also written per row (pq_code); 0 = no PQ
+                                       (default); must divide collection.dim (rv_quant.h) */
   int partman;                      /* rv_partman_mode_t for a new table: 0 auto (pg_partman if available), 1 off */
   int premake;                      /* monthly partitions made ahead (default 3) */
   char schema_registry[1024];       /* writer schemas of Confluent frames by id: an http(s):// Schema

@@ -6,6 +6,7 @@
 
 #include "rv_buf.h"
 #include "rv_log.h"
+#include "rv_pq.h"
 #include "rv_sq8.h"
 #include "rv_time.h"
 
@@ -14,6 +15,8 @@
 #define DEFAULT_TRAIN_WAIT_MS 5000
 #define LOOKUP_EVERY_MS 1000
 #define PARAMS_FILE_MAX (64u << 20)
+#define PQ_SEED 0x5256505155414e54ull /* fixed: the same sample trains the same PQ in every process */
+#define PQ_TRAIN_MAX 65536           /* rv_pq_train's default max_train: it would subsample a larger sample */
 
 struct rv_quant {
   int dim;
@@ -24,6 +27,19 @@ struct rv_quant {
   int32_t version;    /* of sq8; 0 when none */
   int64_t looked_up;  /* monotonic ms of the last lookup in PostgreSQL */
   float *sample;      /* train_n * dim scratch */
+  /* PQ; pq_m == 0: off, and nothing below is used. */
+  int pq_m;
+  int pq_train;          /* max(RV_PQ_KSUB, min(train_n, PQ_TRAIN_MAX)): the sample PQ waits for */
+  rv_pq_t *pq;           /* NULL until loaded */
+  int32_t pq_version;    /* of pq; 0 when none */
+  int64_t pq_looked_up;  /* monotonic ms of the last PQ lookup while rows go without PQ codes */
+  float *pq_sample;      /* pq_train * dim: the first vectors seen, across batches; freed once loaded */
+  int pq_have;           /* vectors in pq_sample */
+  int pq_kept;           /* of those, from batches before the latest one */
+  int pq_key_set;        /* pq_key_* names the latest batch that added to pq_sample */
+  int32_t pq_key_partition;
+  int64_t pq_key_offset;
+  int pq_unheld;         /* 1 once a batch went without PQ codes: batches are no longer held for PQ */
 };
 
 rv_quant_t *rv_quant_new(const rv_quant_conf_t *conf, char *errstr, size_t errstr_size) {
@@ -35,6 +51,11 @@ rv_quant_t *rv_quant_new(const rv_quant_conf_t *conf, char *errstr, size_t errst
     rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "sq8_train %d is outside 1..1000000", conf->sq8_train);
     return NULL;
   }
+  if (conf->pq_m < 0 || (conf->pq_m > 0 && conf->dim % conf->pq_m)) {
+    rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "pq_m %d does not divide dim %d (0 turns PQ off)", conf->pq_m,
+            conf->dim);
+    return NULL;
+  }
   rv_quant_t *q = calloc(1, sizeof *q);
   if (!q) goto nomem;
   q->dim = conf->dim;
@@ -42,6 +63,9 @@ rv_quant_t *rv_quant_new(const rv_quant_conf_t *conf, char *errstr, size_t errst
   q->train_wait_ms = conf->sq8_train_wait_ms > 0 ? conf->sq8_train_wait_ms : DEFAULT_TRAIN_WAIT_MS;
   if (conf->sq8_params && conf->sq8_params[0] && !(q->params_path = strdup(conf->sq8_params))) goto nomem;
   q->looked_up = INT64_MIN / 2;
+  q->pq_m = conf->pq_m;
+  q->pq_train = q->train_n < RV_PQ_KSUB ? RV_PQ_KSUB : q->train_n > PQ_TRAIN_MAX ? PQ_TRAIN_MAX : q->train_n;
+  q->pq_looked_up = INT64_MIN / 2;
   return q;
 nomem:
   rv_quant_destroy(q);
@@ -52,12 +76,20 @@ nomem:
 void rv_quant_destroy(rv_quant_t *q) {
   if (!q) return;
   rv_sq8_destroy(q->sq8);
+  rv_pq_destroy(q->pq);
   free(q->params_path);
   free(q->sample);
+  free(q->pq_sample);
   free(q);
 }
 
 int32_t rv_quant_version(const rv_quant_t *q) { return q->sq8 ? q->version : 0; }
+
+int32_t rv_quant_pq_version(const rv_quant_t *q) { return q->pq ? q->pq_version : 0; }
+
+int rv_quant_holding(const rv_quant_t *q) {
+  return (!q->sq8 && !q->params_path) || (q->pq_m && !q->pq && !q->pq_unheld);
+}
 
 static int is_live(const rv_batch_row_t *row) { return row->rec.op == RV_OP_UPSERT && row->rec.vector; }
 
@@ -177,36 +209,185 @@ static rv_err_t create(rv_quant_t *q, rv_pgwriter_t *w, const rv_batch_t *b, cha
   return err;
 }
 
+/* ---- PQ ---- */
+
+/* Takes the PQ as stored (it may be another process's). */
+static rv_err_t pq_adopt(rv_quant_t *q, int32_t version, const rv_buf_t *params, char *errstr, size_t errstr_size) {
+  rv_pq_t *p = NULL;
+  char why[256];
+  rv_err_t err = rv_pq_deserialize(params->base, params->len, &p, why, sizeof why);
+  if (err) return rv_errf(err, errstr, errstr_size, "rv_quantizers pq version %d: %s", (int)version, why);
+  if (rv_pq_dim(p) != q->dim || rv_pq_m(p) != q->pq_m) {
+    int d = rv_pq_dim(p), m = rv_pq_m(p);
+    rv_pq_destroy(p);
+    return rv_errf(RV_ERR_CONFIG, errstr, errstr_size,
+                   "rv_quantizers pq version %d has dim %d and m %d, the collection dim %d and pq_m %d", (int)version,
+                   d, m, q->dim, q->pq_m);
+  }
+  rv_pq_destroy(q->pq);
+  q->pq = p;
+  q->pq_version = version;
+  free(q->pq_sample);
+  q->pq_sample = NULL;
+  q->pq_have = q->pq_kept = 0;
+  return RV_OK;
+}
+
+/* What PostgreSQL holds. RV_ERR_NOT_FOUND when nothing. */
+static rv_err_t pq_lookup(rv_quant_t *q, rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  rv_buf_t params;
+  rv_buf_init(&params);
+  int32_t version = 0;
+  q->pq_looked_up = rv_mono_ms();
+  rv_err_t err = rv_pgwriter_get_quantizer(w, "pq", &version, &params, errstr, errstr_size);
+  if (!err) err = pq_adopt(q, version, &params, errstr, errstr_size);
+  rv_buf_close(&params);
+  if (!err) rv_info(LOG, "PQ quantizer version %d (m %d) loaded from PostgreSQL", (int)version, q->pq_m);
+  return err;
+}
+
+/* b is the batch that last added to the sample: a write being retried (or the
+ * same records read again after a dropped batch). Rows do not move within a
+ * batch, and a later batch starts at another record. */
+static int pq_same_batch(const rv_quant_t *q, const rv_batch_t *b) {
+  return q->pq_key_set && b->n_rows && b->rows[0].partition == q->pq_key_partition &&
+         b->rows[0].offset == q->pq_key_offset;
+}
+
+/* The vectors the sample would hold once b's are added. */
+static int pq_available(const rv_quant_t *q, const rv_batch_t *b) {
+  size_t n = (size_t)(pq_same_batch(q, b) ? q->pq_kept : q->pq_have) + live_rows(b);
+  return n < (size_t)q->pq_train ? (int)n : q->pq_train;
+}
+
+/* Adds b's vectors to the sample, up to pq_train; b's replace what b added
+ * before, so a retried write does not count them twice. */
+static rv_err_t pq_collect(rv_quant_t *q, const rv_batch_t *b, char *errstr, size_t errstr_size) {
+  if (!b->n_rows) return RV_OK;
+  size_t d = (size_t)q->dim;
+  if (!q->pq_sample && !(q->pq_sample = malloc((size_t)q->pq_train * d * sizeof *q->pq_sample)))
+    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  if (!pq_same_batch(q, b)) {
+    q->pq_kept = q->pq_have;
+    q->pq_key_set = 1;
+    q->pq_key_partition = b->rows[0].partition;
+    q->pq_key_offset = b->rows[0].offset;
+  }
+  q->pq_have = q->pq_kept;
+  for (size_t i = 0; i < b->n_rows && q->pq_have < q->pq_train; i++)
+    if (is_live(&b->rows[i]) && b->rows[i].rec.dim == q->dim)
+      memcpy(q->pq_sample + (size_t)q->pq_have++ * d, b->rows[i].rec.vector, d * sizeof(float));
+  return RV_OK;
+}
+
+/* Trains PQ from the sample, stores it if absent, adopts what is stored. */
+static rv_err_t pq_create(rv_quant_t *q, rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  rv_pq_params_t params = {.m = q->pq_m, .iters = 0, .seed = PQ_SEED, .max_train = 0};
+  rv_pq_t *p = NULL;
+  uint8_t *ser = NULL;
+  size_t ser_len = 0;
+  rv_buf_t stored;
+  rv_buf_init(&stored);
+  int32_t version = 0;
+  int trained_on = q->pq_have;
+  int64_t started = rv_mono_ms();
+  rv_err_t err = rv_pq_train(q->pq_sample, (size_t)trained_on, q->dim, &params, &p, errstr, errstr_size);
+  if (!err && rv_pq_serialize(p, &ser, &ser_len)) err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  if (!err)
+    err = rv_pgwriter_put_quantizer(w, "pq", 1, ser, ser_len, trained_on, &version, &stored, errstr, errstr_size);
+  if (!err) {
+    int same = stored.len == ser_len && !memcmp(stored.base, ser, ser_len);
+    err = pq_adopt(q, version, &stored, errstr, errstr_size);
+    if (!err)
+      rv_info(LOG, "PQ quantizer version %d (m %d) %s (trained on the first %d vectors in %lld ms)", (int)version,
+              q->pq_m, same ? "stored" : "found stored by another ingest", trained_on,
+              (long long)(rv_mono_ms() - started));
+  }
+  free(ser);
+  rv_pq_destroy(p);
+  rv_buf_close(&stored);
+  return err;
+}
+
+/* Loads PQ, or trains it once the sample allows (rv_quant.h). RV_OK with
+ * q->pq still NULL: b goes without PQ codes. */
+static rv_err_t pq_make(rv_quant_t *q, rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
+  rv_err_t err = pq_collect(q, b, errstr, errstr_size);
+  if (err) return err;
+  int enough = q->pq_have >= q->pq_train || (q->pq_have >= RV_PQ_KSUB && (q->pq_unheld || waited(q, b)));
+  if (enough || rv_mono_ms() - q->pq_looked_up >= LOOKUP_EVERY_MS) {
+    err = pq_lookup(q, w, errstr, errstr_size);
+    if (err == RV_ERR_NOT_FOUND && enough) err = pq_create(q, w, errstr, errstr_size);
+    if (err && err != RV_ERR_NOT_FOUND) return err;
+  }
+  if (!q->pq && !q->pq_unheld) {
+    q->pq_unheld = 1;
+    rv_warn(LOG, "no PQ quantizer yet (%d of the %d vectors to train one; at least %d after the wait): rows are "
+            "written with pq_code NULL until it is trained",
+            q->pq_have, q->pq_train, RV_PQ_KSUB);
+  }
+  return RV_OK;
+}
+
+/* Makes room for the codes of b's rows. cap_codes counts rows of both sq8
+ * and pq; pq is NULL or as long, so a grown sq8 without pq drops pq. */
+static rv_err_t reserve_codes(rv_batch_t *b, size_t sq8_size, size_t pq_size, char *errstr, size_t errstr_size) {
+  size_t rows = b->n_rows ? b->n_rows : 1;
+  if (b->cap_codes >= rows && b->sq8 && (!pq_size || b->pq)) return RV_OK;
+  if (rows < b->cap_codes) rows = b->cap_codes;
+  uint8_t *codes = realloc(b->sq8, rows * sq8_size);
+  if (!codes) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  b->sq8 = codes;
+  if (pq_size) {
+    if (!(codes = realloc(b->pq, rows * pq_size))) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    b->pq = codes;
+  } else {
+    free(b->pq);
+    b->pq = NULL;
+  }
+  b->cap_codes = rows;
+  return RV_OK;
+}
+
 int rv_quant_batch_ready(rv_quant_t *q, rv_pgwriter_t *w, const rv_batch_t *b) {
-  if (q->sq8 || q->params_path) return 1;
   size_t live = live_rows(b);
-  if (live == 0 || live >= (size_t)q->train_n || waited(q, b)) return 1;
+  if (live == 0 || waited(q, b)) return 1;
+  int need_sq8 = !q->sq8 && !q->params_path && live < (size_t)q->train_n;
+  int need_pq = q->pq_m && !q->pq && !q->pq_unheld && pq_available(q, b) < q->pq_train;
+  if (!need_sq8 && !need_pq) return 1;
   if (rv_mono_ms() - q->looked_up < LOOKUP_EVERY_MS) return 0;
+  q->looked_up = rv_mono_ms();
   char e[256];
   rv_err_t err = rv_pgwriter_connect(w, e, sizeof e);
-  if (!err) err = lookup(q, w, e, sizeof e);
+  if (!err && need_sq8) need_sq8 = (err = lookup(q, w, e, sizeof e)) != RV_OK;
+  if ((!err || err == RV_ERR_NOT_FOUND) && need_pq) {
+    rv_err_t pq_err = pq_lookup(q, w, e, sizeof e);
+    need_pq = pq_err != RV_OK;
+    if (pq_err != RV_ERR_NOT_FOUND) err = pq_err;
+  }
   if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(w);
-  return err == RV_OK;
+  return !need_sq8 && !need_pq;
 }
 
 rv_err_t rv_quant_encode_batch(rv_quant_t *q, rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_t errstr_size) {
   b->n_coded = 0;
   b->sq8_size = 0;
-  if (!q->sq8 && live_rows(b) > 0) {
-    rv_err_t err = lookup(q, w, errstr, errstr_size);
+  b->pq_size = 0;
+  int live = live_rows(b) > 0;
+  rv_err_t err;
+  if (!q->sq8 && live) {
+    err = lookup(q, w, errstr, errstr_size);
     if (err == RV_ERR_NOT_FOUND) err = create(q, w, b, errstr, errstr_size);
     if (err) return err;
   }
+  if (q->pq_m && !q->pq && live && (err = pq_make(q, w, b, errstr, errstr_size))) return err;
   if (!q->sq8) return RV_OK; /* deletes only */
-  size_t d = (size_t)q->dim;
-  if (b->cap_codes < b->n_rows || !b->sq8) {
-    uint8_t *codes = realloc(b->sq8, (b->n_rows ? b->n_rows : 1) * d);
-    if (!codes) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
-    b->sq8 = codes;
-    b->cap_codes = b->n_rows;
-  }
+  size_t d = (size_t)q->dim, m = q->pq ? (size_t)q->pq_m : 0;
+  if ((err = reserve_codes(b, d, m, errstr, errstr_size))) return err;
   b->sq8_size = d;
   b->sq8_version = q->version;
+  b->pq_size = m;
+  b->pq_version = q->pq ? q->pq_version : 0;
   for (size_t i = 0; i < b->n_rows; i++) {
     rv_batch_row_t *row = &b->rows[i];
     if (!is_live(row)) continue;
@@ -214,6 +395,7 @@ rv_err_t rv_quant_encode_batch(rv_quant_t *q, rv_pgwriter_t *w, rv_batch_t *b, c
       return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "row %s has dim %d, the quantizer %d", row->rec.id,
                      row->rec.dim, q->dim);
     rv_sq8_encode(q->sq8, row->rec.vector, b->sq8 + i * d);
+    if (m) rv_pq_encode(q->pq, row->rec.vector, b->pq + i * m);
   }
   b->n_coded = b->n_rows;
   return RV_OK;

@@ -31,6 +31,7 @@ void rv_ingest_conf_from_topology(const rv_topology_t *t, int i, const char *bro
   ic->sq8_train_wait_ms = t->sq8_train_wait_ms;
   snprintf(ic->sq8_params, sizeof ic->sq8_params, "%s", t->sq8_params[i]);
   ic->codes_only = !t->store_vector;
+  ic->pq_m = t->pq_m;
   ic->partman = t->partman;
   ic->premake = t->premake;
   snprintf(ic->schema_registry, sizeof ic->schema_registry, "%s", t->schema_registry);

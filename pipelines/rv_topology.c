@@ -374,7 +374,7 @@ static const char *const postgres_keys[] = {"dsn", "mode"};
 static const char *const redis_keys[] = {"url"};
 static const char *const ingest_keys[] = {"batch_rows", "batch_ms",     "max_metadata_bytes", "sq8_train",
                                           "store_vector", "partman", "premake", "schema_registry",
-                                          "sq8_train_wait_ms"};
+                                          "sq8_train_wait_ms", "pq_m"};
 static const char *const index_keys[] = {"m",           "ef_construction", "ef_search",
                                          "storage",     "sq8_train",       "snapshot_dir",
                                          "snapshot_interval_s"};
@@ -481,6 +481,19 @@ static void load_ingest(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
   if ((v = field(c, n, "ingest", &f, 6, ingest_keys, 0))) get_int(c, v, "ingest.premake", 1, 120, &t->premake);
   if ((v = field(c, n, "ingest", &f, 8, ingest_keys, 0)))
     get_int(c, v, "ingest.sq8_train_wait_ms", 1, 3600000, &t->sq8_train_wait_ms);
+  int pq_m;
+  if ((v = field(c, n, "ingest", &f, 9, ingest_keys, 0)) && get_int(c, v, "ingest.pq_m", 0, 65536, &pq_m)) {
+    /* Collections are loaded first. PQ cuts a vector into pq_m equal parts, no padding. */
+    int bad = 0;
+    for (int i = 0; pq_m && i < t->n_collections; i++) {
+      if (t->collections[i].dim > 0 && t->collections[i].dim % pq_m) {
+        problem(c, v, "ingest.pq_m", "%d does not divide the dim %d of collection '%s' (0 turns PQ off)", pq_m,
+                t->collections[i].dim, t->collections[i].name);
+        bad = 1;
+      }
+    }
+    if (!bad) t->pq_m = pq_m;
+  }
   if ((v = field(c, n, "ingest", &f, 7, ingest_keys, 0))) {
     char buf[sizeof t->schema_registry];
     if (get_str(c, v, "ingest.schema_registry", buf, sizeof buf)) {

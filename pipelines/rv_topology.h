@@ -27,6 +27,7 @@ typedef struct rv_topology {
   int max_metadata_bytes;           /* ingest.max_metadata_bytes, default 65536 */
   int sq8_train;                    /* ingest.sq8_train: vectors SQ8 is trained from, default 1000 */
   int sq8_train_wait_ms;            /* ingest.sq8_train_wait_ms: ... or fewer after this wait, default 5000 */
+  int pq_m;                         /* ingest.pq_m: PQ sub-quantizers, 0 (default) = no PQ; divides every dim */
   int store_vector;                 /* ingest.store_vector: raw float32 beside the codes, default 1 */
   int partman;                      /* ingest.partman: auto (0) or off (1), default auto */
   int premake;                      /* ingest.premake: months of partitions made ahead, default 3 */

@@ -370,6 +370,34 @@ static void test_quantization_and_partition_keys(void **state) {
   assert_one_problem(MINIMAL "    sq8_params: ''\n", 5, 17, "collections[0].sq8_params: must not be empty");
 }
 
+/* ingest.pq_m: off by default; when set it must divide every collection's dim. */
+static void test_pq_m(void **state) {
+  (void)state;
+  rv_topology_t t;
+  parse_ok(MINIMAL, &t);
+  assert_int_equal(0, t.pq_m);
+  parse_ok(MINIMAL "ingest:\n  pq_m: 2\n", &t);
+  assert_int_equal(2, t.pq_m);
+  parse_ok(MINIMAL "ingest:\n  pq_m: 4\n", &t); /* m == dim: one float per sub-quantizer */
+  assert_int_equal(4, t.pq_m);
+  parse_ok(MINIMAL "ingest:\n  pq_m: 0\n", &t);
+  assert_int_equal(0, t.pq_m);
+  assert_one_problem(MINIMAL "ingest:\n  pq_m: 3\n", 6, 9,
+                     "ingest.pq_m: 3 does not divide the dim 4 of collection 'c' (0 turns PQ off)");
+  assert_one_problem(MINIMAL "ingest:\n  pq_m: 8\n", 6, 9, "ingest.pq_m: 8 does not divide the dim 4 of collection 'c'");
+  assert_one_problem(MINIMAL "ingest:\n  pq_m: -1\n", 6, 9, "ingest.pq_m: value -1 out of range 0..65536");
+  assert_one_problem(MINIMAL "ingest:\n  pq_m: many\n", 6, 9, "ingest.pq_m: expected an integer, got 'many'");
+  /* Every collection is checked, each reported at the key. */
+  rv_diags_t d;
+  rv_diags_init(&d);
+  const char *two = "name: m\ncollections:\n  - name: a\n    dim: 8\n  - name: b\n    dim: 12\n  - name: x\n"
+                    "    dim: 6\ningest: {batch_ms: 5, pq_m: 4}\n";
+  assert_int_equal(RV_ERR_CONFIG, rv_topology_parse("t.yaml", two, strlen(two), &t, &d));
+  assert_int_equal(1, d.n);
+  assert_diag(&d, 0, 9, 29, "ingest.pq_m: 4 does not divide the dim 6 of collection 'x'");
+  rv_diags_close(&d);
+}
+
 static void test_missing_required(void **state) {
   /* at the mapping that lacks the key */
   assert_one_problem("collections:\n  - name: c\n    dim: 4\n", 1, 1, "missing required key 'name'");
@@ -649,6 +677,7 @@ int main(void) {
       cmocka_unit_test(test_deep_flow_nesting_is_refused),
       cmocka_unit_test(test_schema_registry),
       cmocka_unit_test(test_quantization_and_partition_keys),
+      cmocka_unit_test(test_pq_m),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
