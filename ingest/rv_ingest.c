@@ -6,9 +6,13 @@
  *   1. bad records were queued to the DLQ as they were read: confirm them;
  *   2. one PostgreSQL transaction: rows + pins + next offsets + the batch's
  *      changelog records in the outbox (rv_outbox.h); COMMIT;
- *   3. publish the outbox records, wait for Kafka's confirmation, delete
- *      them from the outbox; then an async Kafka offset commit
- *      (informational: lag tools).
+ *   3. an async Kafka offset commit (informational: lag tools); send the
+ *      outbox records to Kafka without waiting: their confirmation arrives
+ *      while the next batch is read and written, and their outbox rows are
+ *      deleted once it has. At most MAX_UNCONFIRMED batches wait for it
+ *      (more pause ingest: a changelog outage stops it there); a drain, a
+ *      revocation and stop wait for all of them. One idempotent producer
+ *      keeps a later batch's records behind an earlier one's per partition.
  * A crash before the COMMIT re-reads the batch from the stored offsets and
  * repeats 1-2. A crash after it leaves the records in the outbox: whoever
  * is assigned their source partitions next publishes them before anything
@@ -45,6 +49,7 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CONFIRM_TIMEOUT_MS 10000
+#define MAX_UNCONFIRMED 3     /* batches published and not confirmed by Kafka yet */
 #define STOP_GRACE_MS 10000   /* how long stop keeps retrying a failing batch before leaving it unread */
 #define PROGRESS_EVERY_MS 5000
 
@@ -77,6 +82,7 @@ struct rv_ingest {
   int registry_backoff;    /* ms to pause after the registry was unreachable; 0 after a decided record */
   rv_ingest_metrics_t metrics;
   int64_t lag_at;          /* when the lag gauges were last set (mono ms) */
+  int64_t polled_at;       /* when the changelog's confirmations were last served (mono ms) */
   rv_batch_t batch;
   rv_buf_t scratch;
   assigned_t *assigned;
@@ -228,6 +234,8 @@ static void drop_batch(rv_ingest_t *in, const char *why) {
   in->reseek = 1;
 }
 
+static int await_published(rv_ingest_t *in, size_t keep);
+
 /* ---- rebalancing (runs inside rd_kafka_consumer_poll/close, in the ingest thread) ---- */
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *parts,
@@ -247,6 +255,9 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
   } else {
     /* The batch's offsets were not committed; the next owner re-reads it. */
     drop_batch(in, err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS ? "partitions revoked" : "partitions lost");
+    /* Committed changes still in flight go out before the next owner's (or
+     * stay in the outbox for its drain, when stopping with Kafka away). */
+    await_published(in, 0);
     for (int i = 0; i < parts->cnt; i++) {
       assigned_t *a = find_assigned(in, parts->elems[i].partition);
       if (a) *a = in->assigned[--in->n_assigned];
@@ -377,33 +388,60 @@ static void commit_kafka_offsets(rv_ingest_t *in) {
   rd_kafka_topic_partition_list_destroy(parts);
 }
 
-/* Sends the outbox's current publication, waits for Kafka to confirm it
- * (retrying with backoff), then deletes its rows from the outbox. Returns 0,
- * or -1 when stop was requested and Kafka stayed away for STOP_GRACE_MS: the
- * records then stay in the outbox for the next owner's drain. */
-static int publish(rv_ingest_t *in) {
-  size_t n = rv_outbox_count(in->outbox);
-  if (!n) return 0;
-  if (in->gave_up) { /* one grace period per stop, not one per publication */
-    rv_outbox_clear(in->outbox);
-    return -1;
-  }
+/* Deletes from the outbox the rows of every sent publication Kafka has
+ * confirmed so far, and counts their records as published. */
+static void forget_confirmed(rv_ingest_t *in) {
   char e[1024];
-  if (rv_outbox_send(in->outbox, in->changelog, in->conf.collection.changelog_topic, e, sizeof e))
-    fatal_nomem("changelog");
+  size_t n = rv_outbox_unconfirmed(in->outbox);
+  if (!n || rv_outbox_mark(in->outbox, 0) > rv_producer_confirmed(in->changelog)) return;
+  /* A failed delete is retried before the next drain; until then a drain would publish them once more. */
+  PGconn *c = rv_pgwriter_connect(in->pg, e, sizeof e) ? NULL : rv_pgwriter_conn(in->pg);
+  size_t n_recs = 0;
+  rv_err_t err = rv_outbox_confirmed(in->outbox, rv_producer_confirmed(in->changelog), c, &n_recs, e, sizeof e);
+  atomic_fetch_add(&in->published, n_recs);
+  if (err) {
+    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+    rv_warn(LOG, "%s: deleting published changes from the outbox: %s (retried later)", in->conf.collection.name, e);
+  }
+}
+
+/* Serves the changelog's delivery reports without waiting (re-sending
+ * failed messages) and forgets what is confirmed. */
+static void poll_published(rv_ingest_t *in) {
+  if (!rv_outbox_unconfirmed(in->outbox)) return;
+  char e[1024];
+  rv_producer_confirm_to(in->changelog, rv_outbox_mark(in->outbox, rv_outbox_unconfirmed(in->outbox) - 1), 0, e,
+                         sizeof e);
+  forget_confirmed(in);
+}
+
+/* Waits until at most keep sent publications are unconfirmed, retrying
+ * with backoff while Kafka is away: this is where ingest pauses when the
+ * changelog cannot be published. Returns 0, or -1 when stop was requested
+ * and Kafka stayed away for STOP_GRACE_MS: the unconfirmed records then
+ * stay in the outbox for the next owner's drain. */
+static int await_published(rv_ingest_t *in, size_t keep) {
+  char e[1024];
   int64_t stop_seen = 0;
-  for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
-    rv_err_t err = rv_producer_confirm(in->changelog, CONFIRM_TIMEOUT_MS, e, sizeof e);
-    if (!err) break;
+  for (int backoff = BACKOFF_MIN_MS; rv_outbox_unconfirmed(in->outbox) > keep;) {
+    size_t n = rv_outbox_unconfirmed(in->outbox);
+    rv_err_t err = rv_producer_confirm_to(in->changelog, rv_outbox_mark(in->outbox, n - keep - 1),
+                                          CONFIRM_TIMEOUT_MS, e, sizeof e);
+    forget_confirmed(in);
+    if (!err) {
+      backoff = BACKOFF_MIN_MS;
+      continue;
+    }
     atomic_fetch_add(&in->retries, 1);
     rv_counter_add(in->metrics.retries_kafka, 1);
-    rv_warn(LOG, "%s: publishing %zu committed change(s): %s: %s (retrying in %d ms)", in->conf.collection.name, n,
-            rv_err_str(err), e, backoff);
+    rv_warn(LOG, "%s: publishing %zu batch(es) of committed changes: %s: %s (retrying in %d ms)",
+            in->conf.collection.name, rv_outbox_unconfirmed(in->outbox), rv_err_str(err), e, backoff);
     if (atomic_load(&in->stop)) {
       if (!stop_seen) stop_seen = rv_mono_ms();
       if (rv_mono_ms() - stop_seen > STOP_GRACE_MS) {
-        rv_warn(LOG, "%s: stopping with %zu committed change(s) unpublished; they stay in the outbox",
-                in->conf.collection.name, n);
+        rv_warn(LOG, "%s: stopping with %zu batch(es) of committed changes unpublished; they stay in the outbox",
+                in->conf.collection.name, rv_outbox_unconfirmed(in->outbox));
+        rv_outbox_forget_sent(in->outbox);
         rv_outbox_clear(in->outbox);
         in->gave_up = 1;
         return -1;
@@ -412,16 +450,27 @@ static int publish(rv_ingest_t *in) {
     } else {
       nap(in, backoff);
     }
-  }
-  atomic_fetch_add(&in->published, n);
-  /* A failed delete is retried before the next drain; until then a drain would publish them once more. */
-  PGconn *c = rv_pgwriter_connect(in->pg, e, sizeof e) ? NULL : rv_pgwriter_conn(in->pg);
-  rv_err_t err = rv_outbox_confirmed(in->outbox, c, e, sizeof e);
-  if (err) {
-    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
-    rv_warn(LOG, "%s: deleting published changes from the outbox: %s (retried later)", in->conf.collection.name, e);
+    backoff = next_backoff(backoff);
   }
   return 0;
+}
+
+/* Sends the outbox's current publication without waiting for Kafka: its
+ * confirmation arrives while the next batch is read and written, and only
+ * the delete of its outbox rows waits for it. At most MAX_UNCONFIRMED
+ * publications stay unconfirmed (await_published). Returns 0, or -1 as
+ * await_published. */
+static int publish(rv_ingest_t *in) {
+  if (in->gave_up) { /* one grace period per stop, not one per publication */
+    rv_outbox_clear(in->outbox);
+    return -1;
+  }
+  char e[1024];
+  if (rv_outbox_count(in->outbox) &&
+      rv_outbox_send(in->outbox, in->changelog, in->conf.collection.changelog_topic, e, sizeof e))
+    fatal_nomem("changelog");
+  poll_published(in);
+  return await_published(in, MAX_UNCONFIRMED);
 }
 
 /* Publishes what the outbox holds for the assigned partitions (left by a
@@ -430,6 +479,8 @@ static int publish(rv_ingest_t *in) {
  * in->drain set if stop was requested before it could finish. */
 static void drain_outbox(rv_ingest_t *in) {
   char e[1024];
+  /* Our own publications in flight first: their rows would be loaded again. */
+  if (await_published(in, 0)) return;
   int32_t *parts = calloc(in->n_assigned + 1, sizeof *parts);
   if (!parts) fatal_nomem("drain");
   for (size_t i = 0; i < in->n_assigned; i++) parts[i] = in->assigned[i].partition;
@@ -454,7 +505,7 @@ static void drain_outbox(rv_ingest_t *in) {
   size_t n = rv_outbox_count(in->outbox);
   if (!n) return;
   rv_info(LOG, "%s: publishing %zu committed change(s) left in the outbox", in->conf.collection.name, n);
-  if (publish(in) == 0) atomic_fetch_add(&in->drained, n);
+  if (publish(in) == 0 && await_published(in, 0) == 0) atomic_fetch_add(&in->drained, n);
   else in->drain = 1;
 }
 
@@ -576,7 +627,7 @@ static void *run(void *arg) {
     if (in->batch.n_messages) {
       int64_t left = in->batch.opened_ms + in->conf.batch_ms - now;
       timeout = left < 0 ? 0 : (int)left;
-      if (!timeout && !rv_quant_version(in->quant)) timeout = 20; /* waiting for vectors to train on */
+      if (!timeout && rv_quant_holding(in->quant)) timeout = 20; /* waiting for vectors to train on */
     }
     rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
     if (m) {
@@ -587,6 +638,10 @@ static void *run(void *arg) {
     }
     if (in->drain) drain_outbox(in);
     now = rv_mono_ms();
+    if (now - in->polled_at >= 10) { /* not per message: it scans the unconfirmed ones */
+      in->polled_at = now;
+      poll_published(in);
+    }
     if (in->batch.n_messages &&
         ((int64_t)in->batch.n_messages >= in->conf.batch_rows || now - in->batch.opened_ms >= in->conf.batch_ms) &&
         rv_quant_batch_ready(in->quant, in->pg, &in->batch)) /* no quantizer yet: the batch grows until one can be trained */
@@ -598,6 +653,7 @@ static void *run(void *arg) {
   if (rv_quant_batch_ready(in->quant, in->pg, &in->batch)) write_batch(in); /* the batch in progress */
   else drop_batch(in, "too few vectors yet to train the SQ8 quantizer");
   if (in->drain) drain_outbox(in);
+  await_published(in, 0);
   rd_kafka_consumer_close(in->consumer); /* leaves the group; the revoke arrives with an empty batch */
   log_progress(in, rv_mono_ms());
   rv_info(LOG, "%s: stopped", in->conf.collection.name);
@@ -713,7 +769,7 @@ rv_err_t rv_ingest_start(rv_ingest_t *in, char *errstr, size_t errstr_size) {
                                  errstr, errstr_size)) ||
       !(in->outbox = rv_outbox_new(col->name, errstr, errstr_size)) ||
       !(in->quant = rv_quant_new(&(rv_quant_conf_t){col->dim, in->conf.sq8_train, in->conf.sq8_train_wait_ms,
-                                                    in->conf.sq8_params},
+                                                    in->conf.sq8_params, in->conf.pq_m},
                                  errstr,
                                  errstr_size)) ||
       (snprintf(id, sizeof id, "rv-ingest-%s-dlq", col->name),

@@ -28,6 +28,13 @@ typedef struct pairs {
   size_t n, cap;
 } pairs_t;
 
+/* A publication handed to the producer, not confirmed yet. */
+typedef struct sent {
+  uint64_t mark;   /* the producer's mark after its records */
+  size_t n_recs;
+  pairs_t pairs;   /* its (batch, partition) rows, owned */
+} sent_t;
+
 struct rv_outbox {
   char table[RV_PGSCHEMA_NAME_MAX + 1];
   rv_buf_t data;  /* the current publication's bytes: the COPY payload when staged, keys and values when loaded */
@@ -35,6 +42,8 @@ struct rv_outbox {
   size_t n_recs, cap_recs;
   pairs_t cur;    /* (batch, partition) rows of the current publication */
   pairs_t done;   /* confirmed, not deleted yet */
+  sent_t *sent;   /* sent publications, oldest first */
+  size_t n_sent, cap_sent;
   rv_buf_t text;  /* scratch for SQL and array literals */
   rv_buf_t text2;
   rv_buf_t text3;
@@ -121,6 +130,8 @@ void rv_outbox_destroy(rv_outbox_t *o) {
   free(o->recs);
   free(o->cur.v);
   free(o->done.v);
+  rv_outbox_forget_sent(o);
+  free(o->sent);
   free(o);
 }
 
@@ -547,13 +558,34 @@ rv_err_t rv_outbox_load(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const int3
 /* ---- publishing ---- */
 
 rv_err_t rv_outbox_send(rv_outbox_t *o, rv_producer_t *p, const char *topic, char *errstr, size_t errstr_size) {
+  if (!o->n_recs && !o->cur.n) return RV_OK;
+  if (o->n_sent == o->cap_sent) {
+    size_t cap = o->cap_sent ? o->cap_sent * 2 : 8;
+    sent_t *v = realloc(o->sent, cap * sizeof *v);
+    if (!v) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    o->sent = v;
+    o->cap_sent = cap;
+  }
   for (size_t i = 0; i < o->n_recs; i++) {
     const rec_t *r = &o->recs[i];
     rv_err_t err = rv_producer_send(p, topic, o->data.base + r->key_off, r->key_len, o->data.base + r->val_off,
                                     r->val_len, NULL, 0, errstr, errstr_size);
     if (err) return err;
   }
+  /* The pairs move to the sent publication; cur starts afresh. */
+  o->sent[o->n_sent++] = (sent_t){rv_producer_mark(p), o->n_recs, o->cur};
+  o->cur = (pairs_t){0};
+  rv_outbox_clear(o);
   return RV_OK;
+}
+
+size_t rv_outbox_unconfirmed(const rv_outbox_t *o) { return o->n_sent; }
+
+uint64_t rv_outbox_mark(const rv_outbox_t *o, size_t i) { return i < o->n_sent ? o->sent[i].mark : 0; }
+
+void rv_outbox_forget_sent(rv_outbox_t *o) {
+  for (size_t i = 0; i < o->n_sent; i++) free(o->sent[i].pairs.v);
+  o->n_sent = 0;
 }
 
 rv_err_t rv_outbox_forget(rv_outbox_t *o, PGconn *c, char *errstr, size_t errstr_size) {
@@ -581,10 +613,20 @@ rv_err_t rv_outbox_forget(rv_outbox_t *o, PGconn *c, char *errstr, size_t errstr
   return err;
 }
 
-rv_err_t rv_outbox_confirmed(rv_outbox_t *o, PGconn *c, char *errstr, size_t errstr_size) {
+rv_err_t rv_outbox_confirmed(rv_outbox_t *o, uint64_t confirmed, PGconn *c, size_t *n_recs, char *errstr,
+                             size_t errstr_size) {
   rv_err_t err = RV_OK;
-  for (size_t i = 0; i < o->cur.n && !err; i++) err = add_pair(&o->done, o->cur.v[i].batch_id, o->cur.v[i].partition);
-  rv_outbox_clear(o);
+  size_t k = 0;
+  *n_recs = 0;
+  for (; k < o->n_sent && o->sent[k].mark <= confirmed; k++) {
+    const pairs_t *ps = &o->sent[k].pairs;
+    for (size_t i = 0; i < ps->n && !err; i++) err = add_pair(&o->done, ps->v[i].batch_id, ps->v[i].partition);
+    *n_recs += o->sent[k].n_recs;
+    free(ps->v);
+  }
+  if (k) memmove(o->sent, o->sent + k, (o->n_sent - k) * sizeof *o->sent);
+  o->n_sent -= k;
   if (err) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory"); /* a drain publishes them again */
+  if (!k) return RV_OK;
   return rv_outbox_forget(o, c, errstr, errstr_size);
 }

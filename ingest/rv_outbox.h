@@ -87,16 +87,29 @@ rv_err_t rv_outbox_load(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const int3
 /* Records in the current publication. */
 size_t rv_outbox_count(const rv_outbox_t *o);
 
-/* Queues the current publication on p to topic (key = id; copies). Confirm
- * with rv_producer_confirm, then call rv_outbox_confirmed. Returns RV_ERR_NOMEM only. */
+/* Queues the current publication on p to topic (key = id; copies) without
+ * waiting: it becomes the newest sent publication, tagged with p's mark
+ * after its records (rv_producer_mark), and the current publication is
+ * empty again. Confirm with rv_producer_confirm_to, then call
+ * rv_outbox_confirmed. Returns RV_ERR_NOMEM only. */
 rv_err_t rv_outbox_send(rv_outbox_t *o, rv_producer_t *p, const char *topic, char *errstr, size_t errstr_size);
 
-/* The current publication was confirmed: forgets its records and deletes its
- * rows (autocommit; c NULL = not connected now, the delete is left for later),
- * with any left over from an earlier failed delete. On
+/* Sent publications not confirmed yet, and the mark of the i-th (0 = oldest). */
+size_t rv_outbox_unconfirmed(const rv_outbox_t *o);
+uint64_t rv_outbox_mark(const rv_outbox_t *o, size_t i);
+
+/* The sent publications whose mark is <= confirmed (rv_producer_confirmed)
+ * were delivered: forgets them, adds their record count to *n_recs (set),
+ * and deletes their rows (autocommit; c NULL = not connected now, the delete
+ * is left for later), with any left over from an earlier failed delete. On
  * failure the rows to delete are kept for the next call (or for a drain,
- * which publishes them once more); the publication is forgotten either way. */
-rv_err_t rv_outbox_confirmed(rv_outbox_t *o, PGconn *c, char *errstr, size_t errstr_size);
+ * which publishes them once more); the publications are forgotten either way. */
+rv_err_t rv_outbox_confirmed(rv_outbox_t *o, uint64_t confirmed, PGconn *c, size_t *n_recs, char *errstr,
+                             size_t errstr_size);
+
+/* Forgets the sent publications without deleting anything (stopping with
+ * them unconfirmed: their rows stay in the table for a later drain). */
+void rv_outbox_forget_sent(rv_outbox_t *o);
 
 /* Retries the deletes a failed rv_outbox_confirmed left (no-op when none;
  * RV_ERR_UNAVAILABLE when there are some and c is NULL). */

@@ -19,7 +19,7 @@ enum { ST_LOCK, ST_READ, ST_PIN, ST_UPSERT, ST_OFFSETS, ST_COUNT };
 
 static const char *const stmt_names[ST_COUNT] = {"rv_lock_offsets", "rv_read_offsets", "rv_pin", "rv_upsert",
                                                  "rv_write_offsets"};
-static const int stmt_nparams[ST_COUNT] = {3, 3, 0, 0, 5};
+static const int stmt_nparams[ST_COUNT] = {3, 3, 2, 0, 5};
 
 struct rv_pgwriter {
   char *conninfo;
@@ -37,6 +37,9 @@ struct rv_pgwriter {
   size_t n_months;
   rv_buf_t copy;           /* COPY BINARY payload of the current batch */
   rv_buf_t text;           /* scratch for array literals */
+  rv_buf_t text2;
+  uint8_t *is_new;         /* per batch row: 1 when its id was pinned by this batch */
+  size_t cap_new;
 };
 
 static char *fmt_alloc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -65,6 +68,8 @@ void rv_pgwriter_destroy(rv_pgwriter_t *w) {
   free(w->months);
   rv_buf_close(&w->copy);
   rv_buf_close(&w->text);
+  rv_buf_close(&w->text2);
+  free(w->is_new);
   free(w);
 }
 
@@ -96,8 +101,13 @@ rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *
                               "AND topic = $2 AND partition = ANY($3::int[]) FOR UPDATE");
   w->sql[ST_READ] = fmt_alloc("SELECT partition, next_offset FROM rv_offsets WHERE consumer_group = $1 "
                               "AND topic = $2 AND partition = ANY($3::int[])");
-  w->sql[ST_PIN] = fmt_alloc("INSERT INTO %s_ids (id, created_at) SELECT id, pin_at FROM pg_temp.rv_stage "
-                             "ON CONFLICT (id) DO NOTHING",
+  /* Pins the batch's ids; the ones returned are new, and their rows are
+   * COPYed straight into the table (the COPY routes them to their
+   * partitions): only rows of ids seen before go through the staging table
+   * and the upsert. now() is the transaction's, written as updated_at. */
+  w->sql[ST_PIN] = fmt_alloc("INSERT INTO %s_ids (id, created_at) SELECT u.id, timestamptz 'epoch' + u.us * "
+                             "interval '1 microsecond' FROM unnest($1::text[], $2::bigint[]) AS u(id, us) "
+                             "ON CONFLICT (id) DO NOTHING RETURNING id, now()",
                              t);
   /* A DELETE keeps the stored vector, code and metadata; an UPSERT replaces
    * them (the SQ8 code of the old vector is stale) and revives the row. The
@@ -351,14 +361,21 @@ static rv_err_t put_code(rv_buf_t *b, const uint8_t *code, size_t size, int32_t 
   "id, is_delete, vector, metadata, pin_at, src_partition, src_offset, code, code_version, pq_code, pq_version"
 #define STAGE_NCOLUMNS 11
 
-static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b, int store_vector) {
+static rv_err_t copy_header(rv_buf_t *out) {
   static const char sig[11] = "PGCOPY\n\377\r\n\0";
   rv_buf_reset(out);
   rv_err_t err = rv_buf_append(out, sig, sizeof sig);
   if (!err) err = rv_buf_put_be32(out, 0); /* flags */
   if (!err) err = rv_buf_put_be32(out, 0); /* header extension length */
+  return err;
+}
+
+/* The staging rows: those of ids seen before (is_new[i] == 0). */
+static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b, const uint8_t *is_new, int store_vector) {
+  rv_err_t err = copy_header(out);
   int coded = b->n_coded == b->n_rows;
   for (size_t i = 0; i < b->n_rows && !err; i++) {
+    if (is_new[i]) continue;
     const rv_batch_row_t *row = &b->rows[i];
     const rv_vector_record_t *rec = &row->rec;
     uint8_t is_delete = rec->op == RV_OP_DELETE;
@@ -388,10 +405,55 @@ static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b, int store_vector
   return err ? RV_ERR_NOMEM : RV_OK;
 }
 
-static rv_err_t copy_rows(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
-  if (encode_copy(&w->copy, b, w->store_vector)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
-  PGresult *r = PQexec(w->conn, "COPY pg_temp.rv_stage (" STAGE_COLUMNS ") FROM STDIN (FORMAT binary)");
-  rv_err_t err = rv_pg_check(w->conn, r, "COPY", errstr, errstr_size);
+/* The table's columns, in COPY order, for the rows of new ids. */
+#define TABLE_COLUMNS                                                                                      \
+  "id, created_at, vector, code, code_version, pq_code, pq_version, metadata, updated_at, deleted_at, " \
+  "src_partition, src_offset"
+#define TABLE_NCOLUMNS 12
+
+/* The rows of new ids (is_new[i] == 1) as the table stores them, like the
+ * upsert would insert them: updated_at (and deleted_at of a delete) = now_be,
+ * the transaction's now() in COPY's binary form. */
+static rv_err_t encode_new(rv_buf_t *out, const rv_batch_t *b, const uint8_t *is_new, int store_vector,
+                           const char *now_be) {
+  rv_err_t err = copy_header(out);
+  int coded = b->n_coded == b->n_rows;
+  for (size_t i = 0; i < b->n_rows && !err; i++) {
+    if (!is_new[i]) continue;
+    const rv_batch_row_t *row = &b->rows[i];
+    const rv_vector_record_t *rec = &row->rec;
+    int is_delete = rec->op == RV_OP_DELETE;
+    int live = !is_delete && rec->vector;
+    err = rv_buf_put_be16(out, TABLE_NCOLUMNS);
+    if (!err) err = put_field(out, rec->id, (int32_t)rec->id_len);
+    if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)((row->pin_ms - PG_EPOCH_MS) * 1000));
+    if (!err && (!live || !store_vector)) err = rv_buf_put_be32(out, UINT32_MAX); /* NULL */
+    else if (!err) err = put_floats_le(out, rec->vector, rec->dim);
+    if (!err)
+      err = put_code(out, live && coded && b->sq8_size ? b->sq8 + i * b->sq8_size : NULL, b->sq8_size,
+                     b->sq8_version);
+    if (!err)
+      err = put_code(out, live && coded && b->pq_size ? b->pq + i * b->pq_size : NULL, b->pq_size, b->pq_version);
+    if (!err && !rec->metadata) err = rv_buf_put_be32(out, UINT32_MAX);
+    else if (!err) { /* jsonb binary: version 1, then the text */
+      size_t n = strlen(rec->metadata);
+      uint8_t version = 1;
+      err = rv_buf_put_be32(out, (uint32_t)n + 1) || rv_buf_append(out, &version, 1) ||
+            rv_buf_append(out, rec->metadata, n);
+    }
+    if (!err) err = put_field(out, now_be, 8);
+    if (!err) err = is_delete ? put_field(out, now_be, 8) : rv_buf_put_be32(out, UINT32_MAX);
+    if (!err) err = rv_buf_put_be32(out, 4) || rv_buf_put_be32(out, (uint32_t)row->partition);
+    if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)row->offset);
+  }
+  if (!err) err = rv_buf_put_be16(out, UINT16_MAX);
+  return err ? RV_ERR_NOMEM : RV_OK;
+}
+
+/* Sends w->copy to a COPY ... FROM STDIN (FORMAT binary). */
+static rv_err_t copy_in(rv_pgwriter_t *w, const char *sql, const char *what, char *errstr, size_t errstr_size) {
+  PGresult *r = PQexec(w->conn, sql);
+  rv_err_t err = rv_pg_check(w->conn, r, what, errstr, errstr_size);
   PQclear(r);
   if (err) return err;
   int ok = 1;
@@ -405,9 +467,25 @@ static rv_err_t copy_rows(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, s
     if (!err) err = rv_pg_check(w->conn, r, "COPY data", errstr, errstr_size);
     PQclear(r);
   }
-  if (!err && !ok) err = rv_errf(rv_pg_classify(w->conn, NULL), errstr, errstr_size, "COPY: %s",
+  if (!err && !ok) err = rv_errf(rv_pg_classify(w->conn, NULL), errstr, errstr_size, "%s: %s", what,
                                  PQerrorMessage(w->conn));
   return err;
+}
+
+static rv_err_t copy_rows(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
+  if (encode_copy(&w->copy, b, w->is_new, w->store_vector))
+    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  return copy_in(w, "COPY pg_temp.rv_stage (" STAGE_COLUMNS ") FROM STDIN (FORMAT binary)", "COPY", errstr,
+                 errstr_size);
+}
+
+static rv_err_t copy_new_rows(rv_pgwriter_t *w, const rv_batch_t *b, const char *now_be, char *errstr,
+                              size_t errstr_size) {
+  if (encode_new(&w->copy, b, w->is_new, w->store_vector, now_be))
+    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  char sql[256];
+  snprintf(sql, sizeof sql, "COPY %s (" TABLE_COLUMNS ") FROM STDIN (FORMAT binary)", w->table);
+  return copy_in(w, sql, "COPY new rows", errstr, errstr_size);
 }
 
 static rv_err_t run_checked(rv_pgwriter_t *w, int st, const char *const *params, PGresult **out, char *errstr,
@@ -450,12 +528,55 @@ static rv_err_t fence(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome
                  (int)odd->partition, (long long)odd_stored, (long long)odd->expected_next);
 }
 
+/* Pins the batch's new ids, marks them in w->is_new and sets their rows'
+ * created_at_ms (the pin); *n_new, and now_be (8 bytes) = the transaction's
+ * now() in binary when *n_new > 0. Every other row is marked INT64_MIN. */
+static rv_err_t pin_rows(rv_pgwriter_t *w, rv_batch_t *b, size_t *n_new, char *now_be, char *errstr,
+                         size_t errstr_size) {
+  *n_new = 0;
+  if (w->cap_new < b->n_rows) {
+    uint8_t *v = realloc(w->is_new, b->n_rows);
+    if (!v) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    w->is_new = v;
+    w->cap_new = b->n_rows;
+  }
+  memset(w->is_new, 0, b->n_rows);
+  rv_buf_reset(&w->text);
+  rv_buf_reset(&w->text2);
+  rv_err_t err = rv_buf_append(&w->text, "{", 1) || rv_buf_append(&w->text2, "{", 1) ? RV_ERR_NOMEM : RV_OK;
+  for (size_t i = 0; i < b->n_rows && !err; i++) {
+    const rv_batch_row_t *row = &b->rows[i];
+    b->rows[i].created_at_ms = INT64_MIN;
+    err = array_elem(&w->text, row->rec.id, row->rec.id_len, i == 0);
+    if (!err) err = rv_buf_appendf(&w->text2, "%s%lld", i ? "," : "", (long long)row->pin_ms * 1000);
+  }
+  if (!err) err = rv_buf_append(&w->text, "}", 2) || rv_buf_append(&w->text2, "}", 2) ? RV_ERR_NOMEM : RV_OK;
+  if (err) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  const char *params[2] = {(const char *)w->text.base, (const char *)w->text2.base};
+  PGresult *r = run(w, ST_PIN, params, 1);
+  if ((err = rv_pg_check(w->conn, r, stmt_names[ST_PIN], errstr, errstr_size))) {
+    PQclear(r);
+    return err;
+  }
+  for (int i = 0; i < PQntuples(r); i++) {
+    rv_batch_row_t *row = rv_batch_find(b, PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0));
+    if (!row || PQgetlength(r, i, 1) != 8) continue;
+    size_t k = (size_t)(row - b->rows);
+    if (w->is_new[k]) continue;
+    w->is_new[k] = 1;
+    row->created_at_ms = row->pin_ms;
+    memcpy(now_be, PQgetvalue(r, i, 1), 8);
+    ++*n_new;
+  }
+  PQclear(r);
+  return RV_OK;
+}
+
+/* The rows of ids seen before: staged, then upserted. */
 static rv_err_t upsert_rows(rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_t errstr_size) {
-  rv_err_t err = run_checked(w, ST_PIN, NULL, NULL, errstr, errstr_size);
-  if (err) return err;
   PGresult *r;
-  if ((err = run_checked(w, ST_UPSERT, NULL, &r, errstr, errstr_size))) return err;
-  for (size_t i = 0; i < b->n_rows; i++) b->rows[i].created_at_ms = INT64_MIN;
+  rv_err_t err = run_checked(w, ST_UPSERT, NULL, &r, errstr, errstr_size);
+  if (err) return err;
   for (int i = 0; i < PQntuples(r); i++) {
     rv_batch_row_t *row = rv_batch_find(b, PQgetvalue(r, i, 0), (size_t)PQgetlength(r, i, 0));
     if (row) row->created_at_ms = strtoll(PQgetvalue(r, i, 1), NULL, 10);
@@ -506,8 +627,12 @@ rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *ou
     return RV_OK;
   }
   if (!err && b->n_rows) {
-    err = copy_rows(w, b, errstr, errstr_size);
-    if (!err) err = upsert_rows(w, b, errstr, errstr_size);
+    size_t n_new = 0;
+    char now_be[8];
+    err = pin_rows(w, b, &n_new, now_be, errstr, errstr_size);
+    if (!err && n_new) err = copy_new_rows(w, b, now_be, errstr, errstr_size);
+    if (!err && n_new < b->n_rows) err = copy_rows(w, b, errstr, errstr_size);
+    if (!err && n_new < b->n_rows) err = upsert_rows(w, b, errstr, errstr_size);
   }
   if (!err) err = write_offsets(w, b, errstr, errstr_size);
   if (err) rv_pgwriter_rollback(w);

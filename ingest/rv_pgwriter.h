@@ -6,9 +6,13 @@
  *   BEGIN
  *   lock the batch's rv_offsets rows and compare them with what the batch
  *     expects (fencing: a consumer that lost its partitions cannot commit)
- *   COPY (FORMAT binary) the rows (with their SQ8/PQ codes, if the batch has
- *     them, and the raw vector unless disabled) into a temporary staging table
- *   pin new ids in <c>_ids; upsert the rows into <c> (ON CONFLICT (id, created_at))
+ *   pin the batch's ids in <c>_ids (ON CONFLICT DO NOTHING RETURNING: the
+ *     ids returned are new)
+ *   COPY (FORMAT binary) the rows of new ids (with their SQ8/PQ codes, if the
+ *     batch has them, and the raw vector unless disabled) straight into <c>,
+ *     which routes them to their partitions; updated_at = the transaction's now()
+ *   only for ids seen before: COPY their rows into a temporary staging table
+ *     and upsert them into <c> (ON CONFLICT (id, created_at))
  *   upsert rv_offsets (next offset per partition; compare-and-set on the
  *     offsets the batch expects, so a concurrent first insert is fenced too)
  *   ... the caller adds the batch's changelog records to the outbox ...

@@ -175,7 +175,25 @@ rv_err_t rv_producer_send(rv_producer_t *p, const char *topic, const void *key, 
   return RV_OK;
 }
 
+uint64_t rv_producer_mark(const rv_producer_t *p) { return p->base_seq + p->n_msgs; }
+
+uint64_t rv_producer_confirmed(const rv_producer_t *p) { return p->base_seq; }
+
+/* Forgets the delivered messages at the front (in send order). */
+static void drop_delivered(rv_producer_t *p) {
+  size_t k = 0;
+  while (k < p->n_msgs && p->msgs[k].state == MSG_DELIVERED) msg_free(&p->msgs[k++]);
+  if (!k) return;
+  memmove(p->msgs, p->msgs + k, (p->n_msgs - k) * sizeof *p->msgs);
+  p->n_msgs -= k;
+  p->base_seq += k;
+}
+
 rv_err_t rv_producer_confirm(rv_producer_t *p, int timeout_ms, char *errstr, size_t errstr_size) {
+  return rv_producer_confirm_to(p, rv_producer_mark(p), timeout_ms, errstr, errstr_size);
+}
+
+rv_err_t rv_producer_confirm_to(rv_producer_t *p, uint64_t mark, int timeout_ms, char *errstr, size_t errstr_size) {
   char fatal[256];
   if (rd_kafka_fatal_error(p->rk, fatal, sizeof fatal)) {
     /* An idempotent producer that lost its guarantees must be replaced;
@@ -189,24 +207,24 @@ rv_err_t rv_producer_confirm(rv_producer_t *p, int timeout_ms, char *errstr, siz
   for (size_t i = 0; i < p->n_msgs; i++)
     if (p->msgs[i].state == MSG_FAILED || p->msgs[i].state == MSG_UNSENT) produce(p, i);
   int64_t deadline = rv_mono_ms() + timeout_ms;
+  rd_kafka_poll(p->rk, 0); /* serve the reports already in */
   for (;;) {
-    size_t in_flight = 0, failed = 0;
-    for (size_t i = 0; i < p->n_msgs; i++) {
+    drop_delivered(p);
+    if (p->base_seq >= mark) return RV_OK;
+    size_t in_flight = 0, failed = 0, n = (size_t)(mark - p->base_seq);
+    for (size_t i = 0; i < n && i < p->n_msgs; i++) {
       in_flight += p->msgs[i].state == MSG_IN_FLIGHT;
       failed += p->msgs[i].state == MSG_FAILED;
-    }
-    if (!in_flight && !failed) {
-      reset_msgs(p);
-      return RV_OK;
     }
     int64_t left = deadline - rv_mono_ms();
     if (!in_flight || left <= 0) {
       if (failed)
         return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "%zu of %zu message(s) not delivered: %s", failed,
-                       p->n_msgs, p->last_error);
+                       n, p->last_error);
       return rv_errf(RV_ERR_TIMEOUT, errstr, errstr_size, "%zu of %zu message(s) still in flight after %d ms",
-                     in_flight, p->n_msgs, timeout_ms);
+                     in_flight, n, timeout_ms);
     }
-    rd_kafka_flush(p->rk, (int)(left < 100 ? left : 100));
+    /* Not rd_kafka_flush: it would wait for messages after the mark too. */
+    rd_kafka_poll(p->rk, (int)(left < 100 ? left : 100));
   }
 }

@@ -9,6 +9,7 @@
  * Thread: one thread uses a producer; delivery reports run in that thread,
  * inside send and confirm. */
 #include <stddef.h>
+#include <stdint.h>
 
 #include "rv_err.h"
 
@@ -40,6 +41,20 @@ rv_err_t rv_producer_send(rv_producer_t *p, const char *topic, const void *key, 
  * RV_ERR_UNAVAILABLE: some delivery failed (errstr says why; they will be
  * re-sent by the next call). RV_ERR_TIMEOUT: some are still in flight. */
 rv_err_t rv_producer_confirm(rv_producer_t *p, int timeout_ms, char *errstr, size_t errstr_size);
+
+/* Messages are numbered in send order. The mark is the number the next
+ * message sent will get: once rv_producer_confirmed(p) >= a mark taken after
+ * some sends, all of them (and every earlier message) are delivered. */
+uint64_t rv_producer_mark(const rv_producer_t *p);
+/* Every message numbered below this is delivered (and forgotten). */
+uint64_t rv_producer_confirmed(const rv_producer_t *p);
+
+/* rv_producer_confirm for the messages numbered below mark only: re-sends
+ * failed messages (all of them), then waits up to timeout_ms (0: only serves
+ * the delivery reports already in) until those are delivered, forgetting
+ * the delivered front of the queue as it goes. Later messages stay in flight
+ * meanwhile: one idempotent producer keeps them in order per partition. */
+rv_err_t rv_producer_confirm_to(rv_producer_t *p, uint64_t mark, int timeout_ms, char *errstr, size_t errstr_size);
 
 /* Messages sent and not yet confirmed. */
 size_t rv_producer_pending(const rv_producer_t *p);
