@@ -5,7 +5,11 @@
  * published only after the rows it describes are committed):
  *   1. bad records were queued to the DLQ as they were read: confirm them;
  *   2. one PostgreSQL transaction: rows + pins + next offsets + the batch's
- *      changelog records in the outbox (rv_outbox.h); COMMIT;
+ *      changelog records in the outbox (rv_outbox.h); COMMIT. Its last part
+ *      (the new rows' COPY and the COMMIT) is sent without waiting: the next
+ *      batch is read while PostgreSQL writes it, and its result is read
+ *      (finish_flight) before anything else uses the connection or depends
+ *      on the stored offsets; 3 waits for it;
  *   3. an async Kafka offset commit (informational: lag tools); send the
  *      outbox records to Kafka without waiting: their confirmation arrives
  *      while the next batch is read and written, and their outbox rows are
@@ -55,7 +59,7 @@
 
 typedef struct assigned {
   int32_t partition;
-  int64_t committed; /* next offset stored in rv_offsets; -1 when none */
+  int64_t committed; /* next offset stored in rv_offsets (or being stored by the commit in flight); -1 when none */
   int64_t next_seen; /* offset the next message should have; -1 when unknown */
 } assigned_t;
 
@@ -83,7 +87,10 @@ struct rv_ingest {
   rv_ingest_metrics_t metrics;
   int64_t lag_at;          /* when the lag gauges were last set (mono ms) */
   int64_t polled_at;       /* when the changelog's confirmations were last served (mono ms) */
-  rv_batch_t batch;
+  rv_batch_t batch;        /* being read */
+  rv_batch_t flight;       /* sent, its COMMIT in flight (rv_pgwriter_in_flight); empty otherwise */
+  int64_t flight_started_us; /* when the write of flight began (mono us) */
+  int finish_backoff;      /* ms to pause after a failed in-flight commit; 0 after a good one */
   rv_buf_t scratch;
   assigned_t *assigned;
   size_t n_assigned, cap_assigned;
@@ -175,10 +182,13 @@ static _Noreturn void fatal_nomem(const char *what) {
   abort();
 }
 
+static int finish_flight(rv_ingest_t *in);
+
 /* Connects to PostgreSQL and reads the stored offsets of partitions[0..n),
  * retrying with backoff. Returns 0, or -1 if stop was requested first. */
 static int read_offsets(rv_ingest_t *in, const int32_t *partitions, int64_t *next, size_t n) {
   char e[512];
+  finish_flight(in);
   for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
     rv_err_t err = rv_pgwriter_connect(in->pg, e, sizeof e);
     if (!err) err = rv_pgwriter_read_offsets(in->pg, partitions, next, n, e, sizeof e);
@@ -225,14 +235,16 @@ static int load_offsets(rv_ingest_t *in, rd_kafka_topic_partition_list_t *parts)
   return rc;
 }
 
-static void drop_batch(rv_ingest_t *in, const char *why) {
-  if (!in->batch.n_messages) return;
+static void drop_batch_of(rv_ingest_t *in, rv_batch_t *b, const char *why) {
+  if (!b->n_messages) return;
   rv_warn(LOG, "%s: dropping uncommitted batch of %llu message(s) (%s); they will be read again",
-          in->conf.collection.name, (unsigned long long)in->batch.n_messages, why);
-  rv_batch_clear(&in->batch);
+          in->conf.collection.name, (unsigned long long)b->n_messages, why);
+  rv_batch_clear(b);
   rv_ingest_metrics_dropped(&in->metrics);
   in->reseek = 1;
 }
+
+static void drop_batch(rv_ingest_t *in, const char *why) { drop_batch_of(in, &in->batch, why); }
 
 static int await_published(rv_ingest_t *in, size_t keep);
 
@@ -243,6 +255,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
   rv_ingest_t *in = opaque;
   int cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
   rd_kafka_error_t *kerr = NULL;
+  finish_flight(in); /* the batch sent before: committed (and published) or dropped, before anything moves */
   if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
     if (load_offsets(in, parts) != 0) {
       rv_warn(LOG, "%s: stopping before the assignment could be taken", in->conf.collection.name);
@@ -274,6 +287,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
 
 /* After a dropped batch: seek every assigned partition back to its stored offset. */
 static void rewind_assignment(rv_ingest_t *in) {
+  finish_flight(in); /* its outcome decides the stored offsets */
   in->reseek = 0;
   if (!in->n_assigned) return;
   rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)in->n_assigned);
@@ -379,11 +393,11 @@ static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
 
 /* ---- writing a batch ---- */
 
-static void commit_kafka_offsets(rv_ingest_t *in) {
-  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)in->batch.n_pos);
-  for (size_t i = 0; i < in->batch.n_pos; i++)
-    rd_kafka_topic_partition_list_add(parts, in->conf.collection.source_topic, in->batch.pos[i].partition)->offset =
-        in->batch.pos[i].next_offset;
+static void commit_kafka_offsets(rv_ingest_t *in, const rv_batch_t *b) {
+  rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new((int)b->n_pos);
+  for (size_t i = 0; i < b->n_pos; i++)
+    rd_kafka_topic_partition_list_add(parts, in->conf.collection.source_topic, b->pos[i].partition)->offset =
+        b->pos[i].next_offset;
   rd_kafka_commit(in->consumer, parts, 1); /* async; PostgreSQL holds the truth */
   rd_kafka_topic_partition_list_destroy(parts);
 }
@@ -394,12 +408,14 @@ static void forget_confirmed(rv_ingest_t *in) {
   char e[1024];
   size_t n = rv_outbox_unconfirmed(in->outbox);
   if (!n || rv_outbox_mark(in->outbox, 0) > rv_producer_confirmed(in->changelog)) return;
-  /* A failed delete is retried before the next drain; until then a drain would publish them once more. */
-  PGconn *c = rv_pgwriter_connect(in->pg, e, sizeof e) ? NULL : rv_pgwriter_conn(in->pg);
+  /* A failed delete is retried before the next drain; until then a drain would publish them once more.
+   * While a commit is in flight the connection is busy: the delete waits for the next confirmation. */
+  int busy = rv_pgwriter_in_flight(in->pg);
+  PGconn *c = busy || rv_pgwriter_connect(in->pg, e, sizeof e) ? NULL : rv_pgwriter_conn(in->pg);
   size_t n_recs = 0;
   rv_err_t err = rv_outbox_confirmed(in->outbox, rv_producer_confirmed(in->changelog), c, &n_recs, e, sizeof e);
   atomic_fetch_add(&in->published, n_recs);
-  if (err) {
+  if (err && !(busy && err == RV_ERR_UNAVAILABLE)) {
     if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
     rv_warn(LOG, "%s: deleting published changes from the outbox: %s (retried later)", in->conf.collection.name, e);
   }
@@ -479,6 +495,7 @@ static int publish(rv_ingest_t *in) {
  * in->drain set if stop was requested before it could finish. */
 static void drain_outbox(rv_ingest_t *in) {
   char e[1024];
+  finish_flight(in); /* the batch in flight is older than anything read after it */
   /* Our own publications in flight first: their rows would be loaded again. */
   if (await_published(in, 0)) return;
   int32_t *parts = calloc(in->n_assigned + 1, sizeof *parts);
@@ -509,8 +526,9 @@ static void drain_outbox(rv_ingest_t *in) {
   else in->drain = 1;
 }
 
-/* One attempt. Returns RV_OK when the batch is committed (or known to have
- * been), RV_ERR_STATE when it was fenced off, another error to retry. On
+/* One attempt. Returns RV_OK when the batch's COMMIT is sent (in flight:
+ * finish_flight reads its outcome) or the batch is known to have been
+ * committed, RV_ERR_STATE when it was fenced off, another error to retry. On
  * RV_OK the outbox's current publication holds the batch's changes (empty
  * when an earlier attempt's COMMIT is the one that went through: in->drain
  * is set then, and the drain publishes them from the table). */
@@ -529,10 +547,16 @@ static rv_err_t write_batch_once(rv_ingest_t *in, char *e, size_t es) {
     in->drain = 1;
     return RV_OK;
   }
-  if ((err = rv_outbox_stage(in->outbox, rv_pgwriter_conn(in->pg), in->codec, b, e, es)) ||
-      (err = rv_pgwriter_commit(in->pg, e, es))) {
+  if ((err = rv_outbox_stage_rows(in->outbox, rv_pgwriter_conn(in->pg), in->codec, b, e, es)) ||
+      (err = rv_pgwriter_send_commit(in->pg, e, es))) {
     rv_outbox_clear(in->outbox);
     goto pg_failed;
+  }
+  /* While PostgreSQL takes the COPY: the changes to publish once it commits. */
+  if (rv_outbox_encode(in->outbox, in->codec, b, e, es)) {
+    rv_warn(LOG, "%s: encoding the batch's changes: %s (the drain publishes them from the table)",
+            in->conf.collection.name, e);
+    in->drain = 1;
   }
   return RV_OK;
 pg_failed:
@@ -540,9 +564,57 @@ pg_failed:
   return err;
 }
 
+/* Bookkeeping once b's COMMIT is confirmed: counters, the informational
+ * Kafka commit, then b's changelog (strictly after the COMMIT). Clears b. */
+static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us) {
+  atomic_fetch_add(&in->ingested, b->n_accepted);
+  atomic_fetch_add(&in->dead_lettered, b->n_rejected);
+  rv_ingest_metrics_committed(&in->metrics, b->n_accepted, (double)(rv_mono_us() - started_us) / 1e6);
+  atomic_fetch_add(&in->batches, 1);
+  commit_kafka_offsets(in, b);
+  rv_batch_clear(b);
+  /* Committed. An unfinished drain means older changes are still in the
+   * outbox: this batch's wait there too, so they go out in order. */
+  if (in->drain) rv_outbox_clear(in->outbox);
+  else publish(in);
+}
+
+/* Reads the outcome of the batch whose COMMIT is in flight, if any, waiting
+ * for it. Committed: its bookkeeping and changelog follow. Failed or
+ * connection lost (fencing was checked before it was sent): as a failed write, the batch is read again from the
+ * stored offsets, and so is the batch being read after it (its expected
+ * offsets assumed this one's), after a pause that grows while PostgreSQL
+ * keeps failing; a drain follows, in case a COMMIT whose reply was lost went
+ * through. Returns 0 when committed or nothing was in flight, -1 otherwise. */
+static int finish_flight(rv_ingest_t *in) {
+  if (!rv_pgwriter_in_flight(in->pg)) return 0;
+  char e[1024];
+  rv_err_t err = rv_pgwriter_finish(in->pg, e, sizeof e);
+  if (!err) {
+    in->finish_backoff = 0;
+    batch_committed(in, &in->flight, in->flight_started_us);
+    return 0;
+  }
+  if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+  else rv_pgwriter_rollback(in->pg);
+  rv_outbox_clear(in->outbox);
+  in->drain = 1;
+  atomic_fetch_add(&in->retries, 1);
+  rv_counter_add(in->metrics.retries_pg, 1);
+  in->finish_backoff = in->finish_backoff ? next_backoff(in->finish_backoff) : BACKOFF_MIN_MS;
+  rv_warn(LOG, "%s: committing batch of %llu message(s): %s: %s (reading it again in %d ms)",
+          in->conf.collection.name, (unsigned long long)in->flight.n_messages, rv_err_str(err), e,
+          in->finish_backoff);
+  drop_batch_of(in, &in->flight, "its commit failed");
+  drop_batch(in, "the batch before it failed to commit");
+  nap(in, in->finish_backoff);
+  return -1;
+}
+
 static void write_batch(rv_ingest_t *in) {
   rv_batch_t *b = &in->batch;
   if (!b->n_messages) return;
+  if (finish_flight(in)) return;   /* dropped with the batch before it */
   if (in->drain) drain_outbox(in); /* older changes of these partitions go out first */
   char e[1024];
   int64_t stop_seen = 0, started_us = rv_mono_us();
@@ -571,20 +643,20 @@ static void write_batch(rv_ingest_t *in) {
       nap(in, backoff);
     }
   }
+  /* The next batch's fence expects these (a failed commit rewinds them to what is stored). */
   for (size_t i = 0; i < b->n_pos; i++) {
     assigned_t *a = find_assigned(in, b->pos[i].partition);
     if (a) a->committed = b->pos[i].next_offset;
   }
-  atomic_fetch_add(&in->ingested, b->n_accepted);
-  atomic_fetch_add(&in->dead_lettered, b->n_rejected);
-  rv_ingest_metrics_committed(&in->metrics, b->n_accepted, (double)(rv_mono_us() - started_us) / 1e6);
-  atomic_fetch_add(&in->batches, 1);
-  commit_kafka_offsets(in);
-  rv_batch_clear(b);
-  /* Committed. An unfinished drain means older changes are still in the
-   * outbox: this batch's wait there too, so they go out in order. */
-  if (in->drain) rv_outbox_clear(in->outbox);
-  else publish(in);
+  if (!rv_pgwriter_in_flight(in->pg)) { /* found committed by an earlier attempt */
+    batch_committed(in, b, started_us);
+    return;
+  }
+  /* In flight: PostgreSQL writes it while the next batch is read. */
+  rv_batch_t t = in->flight;
+  in->flight = *b;
+  *b = t;
+  in->flight_started_us = started_us;
 }
 
 static void log_progress(rv_ingest_t *in, int64_t now) {
@@ -629,6 +701,7 @@ static void *run(void *arg) {
       timeout = left < 0 ? 0 : (int)left;
       if (!timeout && rv_quant_holding(in->quant)) timeout = 20; /* waiting for vectors to train on */
     }
+    if (rv_pgwriter_in_flight(in->pg) && timeout > 5) timeout = 5; /* keep its COPY data moving */
     rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
     if (m) {
       if (!m->err) on_message(in, m);
@@ -636,6 +709,8 @@ static void *run(void *arg) {
         rv_warn(LOG, "%s: consumer: %s", in->conf.collection.name, rd_kafka_message_errstr(m));
       rd_kafka_message_destroy(m);
     }
+    /* After the message: a failed commit drops it with the batch it joined (the rewind below re-reads it). */
+    if (rv_pgwriter_in_flight(in->pg) && rv_pgwriter_poll(in->pg)) finish_flight(in);
     if (in->drain) drain_outbox(in);
     now = rv_mono_ms();
     if (now - in->polled_at >= 10) { /* not per message: it scans the unconfirmed ones */
@@ -652,6 +727,7 @@ static void *run(void *arg) {
   }
   if (rv_quant_batch_ready(in->quant, in->pg, &in->batch)) write_batch(in); /* the batch in progress */
   else drop_batch(in, "too few vectors yet to train the SQ8 quantizer");
+  finish_flight(in);
   if (in->drain) drain_outbox(in);
   await_published(in, 0);
   rd_kafka_consumer_close(in->consumer); /* leaves the group; the revoke arrives with an empty batch */
@@ -684,6 +760,7 @@ rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t er
   snprintf(in->group, sizeof in->group, "rv-ingest-%s", c.collection.name);
   pthread_mutex_init(&in->lock, NULL);
   rv_batch_init(&in->batch);
+  rv_batch_init(&in->flight);
   rv_buf_init(&in->scratch);
   return in;
 }
@@ -813,6 +890,7 @@ void rv_ingest_destroy(rv_ingest_t *in) {
   rv_ingest_stop(in);
   release(in);
   rv_batch_close(&in->batch);
+  rv_batch_close(&in->flight);
   rv_buf_close(&in->scratch);
   free(in->assigned);
   pthread_mutex_destroy(&in->lock);

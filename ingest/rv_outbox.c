@@ -49,6 +49,7 @@ struct rv_outbox {
   rv_buf_t text3;
   rv_buf_t text4;
   int ranges;     /* 1: stage ranges; 0: stage records */
+  int unencoded;  /* rv_outbox_stage_rows staged ranges whose records rv_outbox_encode has not encoded yet */
 };
 
 rv_err_t rv_outbox_migrate(PGconn *c, const char *table, char *errstr, size_t errstr_size) {
@@ -140,6 +141,7 @@ size_t rv_outbox_count(const rv_outbox_t *o) { return o->n_recs; }
 void rv_outbox_set_ranges(rv_outbox_t *o, int on) { o->ranges = on != 0; }
 
 void rv_outbox_clear(rv_outbox_t *o) {
+  o->unencoded = 0;
   rv_buf_reset(&o->data);
   o->n_recs = 0;
   o->cur.n = 0;
@@ -280,8 +282,8 @@ static rv_err_t put_extra(rv_buf_t *x, const rv_batch_row_t *row) {
 /* One outbox row per source partition of b: the offset range its rows came
  * from and their extras. The records are encoded in memory only, for the
  * publication after COMMIT. */
-static rv_err_t stage_ranges(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
-                             size_t errstr_size) {
+static rv_err_t encode_ranges(rv_outbox_t *o, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
+                              size_t errstr_size) {
   rv_buf_t *d = &o->data;
   for (size_t i = 0; i < b->n_rows; i++) {
     const rv_batch_row_t *row = &b->rows[i];
@@ -292,6 +294,15 @@ static rv_err_t stage_ranges(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const
     if (err) return err;
     r.val_len = d->len - r.val_off;
     if (add_rec(o, r)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  }
+  return RV_OK;
+}
+
+static rv_err_t stage_ranges(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, int encode,
+                             char *errstr, size_t errstr_size) {
+  if (encode) {
+    rv_err_t err = encode_ranges(o, codec, b, errstr, errstr_size);
+    if (err) return err;
   }
   /* {p,...} {from,...} {to,...} {extras hex or NULL,...}, one element per partition with rows. */
   rv_buf_t *ps = &o->text, *fs = &o->text2, *ts = &o->text3, *xs = &o->text4, x;
@@ -341,12 +352,33 @@ static rv_err_t stage_ranges(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const
   return err;
 }
 
+static rv_err_t stage(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, int encode,
+                      char *errstr, size_t errstr_size) {
+  rv_outbox_clear(o);
+  o->unencoded = 0;
+  if (!b->n_rows) return RV_OK;
+  rv_err_t err = o->ranges ? stage_ranges(o, c, codec, b, encode, errstr, errstr_size)
+                           : stage_records(o, c, codec, b, errstr, errstr_size);
+  if (err) rv_outbox_clear(o);
+  else o->unencoded = o->ranges && !encode;
+  return err;
+}
+
 rv_err_t rv_outbox_stage(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
                          size_t errstr_size) {
-  rv_outbox_clear(o);
-  if (!b->n_rows) return RV_OK;
-  rv_err_t err = o->ranges ? stage_ranges(o, c, codec, b, errstr, errstr_size)
-                           : stage_records(o, c, codec, b, errstr, errstr_size);
+  return stage(o, c, codec, b, 1, errstr, errstr_size);
+}
+
+rv_err_t rv_outbox_stage_rows(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
+                              size_t errstr_size) {
+  return stage(o, c, codec, b, 0, errstr, errstr_size);
+}
+
+rv_err_t rv_outbox_encode(rv_outbox_t *o, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
+                          size_t errstr_size) {
+  if (!o->unencoded) return RV_OK;
+  o->unencoded = 0;
+  rv_err_t err = encode_ranges(o, codec, b, errstr, errstr_size);
   if (err) rv_outbox_clear(o);
   return err;
 }

@@ -77,6 +77,19 @@ void rv_outbox_set_ranges(rv_outbox_t *o, int on);
 rv_err_t rv_outbox_stage(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
                          size_t errstr_size);
 
+/* rv_outbox_stage without encoding the records of a ranges stage (records
+ * mode: the same as rv_outbox_stage): the publication stays empty until
+ * rv_outbox_encode, which needs no connection, so the encoding can run while
+ * the transaction's end is in flight. */
+rv_err_t rv_outbox_stage_rows(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
+                              size_t errstr_size);
+/* Encodes the records of the batch b staged by rv_outbox_stage_rows (b's
+ * rows and created_at_ms unchanged since) as the current publication; no-op
+ * when there is nothing left to encode. On failure the current publication
+ * is empty: the records are only in the table then (a drain publishes them). */
+rv_err_t rv_outbox_encode(rv_outbox_t *o, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
+                          size_t errstr_size);
+
 /* Outside a transaction: loads every outbox row whose source partition is
  * one of partitions[0..n), in batch and sequence order (a range's changes in
  * source offset order, encoded from the collection table), as the current

@@ -1,6 +1,8 @@
 #include "rv_pgwriter.h"
 
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,10 @@
 /* Microseconds between the Unix epoch and PostgreSQL's (2000-01-01). */
 #define PG_EPOCH_MS INT64_C(946684800000)
 #define COPY_CHUNK (1u << 20)
+/* COPY data handed to libpq at a time while a commit is in flight: libpq
+ * moves what a partial send leaves to the start of its buffer, so a whole
+ * batch queued at once would be moved again on every send. */
+#define FEED_CHUNK (256u << 10)
 
 enum { ST_LOCK, ST_READ, ST_PIN, ST_UPSERT, ST_OFFSETS, ST_COUNT };
 
@@ -40,6 +46,11 @@ struct rv_pgwriter {
   rv_buf_t text2;
   uint8_t *is_new;         /* per batch row: 1 when its id was pinned by this batch */
   size_t cap_new;
+  size_t n_new;            /* rows of the applied batch whose ids it pinned (COPYed by send_commit) */
+  char now_be[8];          /* the applied transaction's now(), binary, when n_new > 0 */
+  int in_flight;           /* send_commit sent the COPY and COMMIT; finish has not read their results */
+  size_t copy_off;         /* bytes of copy handed to libpq so far while in flight */
+  int copy_ended;          /* PQputCopyEnd queued (or no COPY) */
 };
 
 static char *fmt_alloc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -156,9 +167,11 @@ nomem:
 void rv_pgwriter_disconnect(rv_pgwriter_t *w) {
   if (w->conn) PQfinish(w->conn);
   w->conn = NULL;
+  w->in_flight = 0;
 }
 
 rv_err_t rv_pgwriter_connect(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (w->conn && PQstatus(w->conn) == CONNECTION_OK) return RV_OK;
   rv_pgwriter_disconnect(w);
   const char *kw[] = {"dbname", "fallback_application_name", "client_encoding", NULL};
@@ -242,6 +255,7 @@ static int64_t stored_offset(const PGresult *r, int32_t partition) {
 
 rv_err_t rv_pgwriter_read_offsets(rv_pgwriter_t *w, const int32_t *partitions, int64_t *next, size_t n,
                                   char *errstr, size_t errstr_size) {
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
   rv_buf_reset(&w->text);
   rv_err_t err = rv_buf_append(&w->text, "{", 1);
@@ -272,6 +286,7 @@ static rv_err_t array_elem(rv_buf_t *b, const char *s, size_t len, int first) {
 }
 
 rv_err_t rv_pgwriter_prepare_partitions(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, size_t errstr_size) {
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
   /* Only rows whose month has no known partition matter, and of those only
    * ids not pinned yet (a pinned id keeps its partition). */
@@ -479,15 +494,6 @@ static rv_err_t copy_rows(rv_pgwriter_t *w, const rv_batch_t *b, char *errstr, s
                  errstr_size);
 }
 
-static rv_err_t copy_new_rows(rv_pgwriter_t *w, const rv_batch_t *b, const char *now_be, char *errstr,
-                              size_t errstr_size) {
-  if (encode_new(&w->copy, b, w->is_new, w->store_vector, now_be))
-    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
-  char sql[256];
-  snprintf(sql, sizeof sql, "COPY %s (" TABLE_COLUMNS ") FROM STDIN (FORMAT binary)", w->table);
-  return copy_in(w, sql, "COPY new rows", errstr, errstr_size);
-}
-
 static rv_err_t run_checked(rv_pgwriter_t *w, int st, const char *const *params, PGresult **out, char *errstr,
                             size_t errstr_size) {
   PGresult *r = run(w, st, params, 0);
@@ -617,6 +623,7 @@ static rv_err_t write_offsets(rv_pgwriter_t *w, const rv_batch_t *b, char *errst
 rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
                            size_t errstr_size) {
   *outcome = RV_PGW_APPLIED;
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
   if (!b->n_pos) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "empty batch");
   rv_err_t err = rv_pg_exec(w->conn, "BEGIN", NULL, errstr, errstr_size);
@@ -626,33 +633,135 @@ rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *ou
     rv_pgwriter_rollback(w);
     return RV_OK;
   }
+  w->n_new = 0;
   if (!err && b->n_rows) {
-    size_t n_new = 0;
-    char now_be[8];
-    err = pin_rows(w, b, &n_new, now_be, errstr, errstr_size);
-    if (!err && n_new) err = copy_new_rows(w, b, now_be, errstr, errstr_size);
-    if (!err && n_new < b->n_rows) err = copy_rows(w, b, errstr, errstr_size);
-    if (!err && n_new < b->n_rows) err = upsert_rows(w, b, errstr, errstr_size);
+    err = pin_rows(w, b, &w->n_new, w->now_be, errstr, errstr_size);
+    if (!err && w->n_new < b->n_rows) err = copy_rows(w, b, errstr, errstr_size);
+    if (!err && w->n_new < b->n_rows) err = upsert_rows(w, b, errstr, errstr_size);
+    /* The new ids' rows are encoded now (b may change before send_commit) and sent by it. */
+    if (!err && w->n_new && encode_new(&w->copy, b, w->is_new, w->store_vector, w->now_be))
+      err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
   }
   if (!err) err = write_offsets(w, b, errstr, errstr_size);
   if (err) rv_pgwriter_rollback(w);
   return err;
 }
 
-rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+/* Sends queued output, and hands libpq more of w->copy (then the COPY's
+ * end) whenever its buffer is empty. Never blocks (non-blocking mode).
+ * 0: everything sent; 1: more to send; -1: failed. */
+static int feed_copy(rv_pgwriter_t *w) {
+  for (;;) {
+    int pending = PQflush(w->conn);
+    if (pending != 0 || w->copy_ended) return pending;
+    if (w->copy_off < w->copy.len) {
+      size_t n = w->copy.len - w->copy_off < FEED_CHUNK ? w->copy.len - w->copy_off : FEED_CHUNK;
+      if (PQputCopyData(w->conn, (const char *)w->copy.base + w->copy_off, (int)n) != 1) return -1;
+      w->copy_off += n;
+    } else {
+      if (PQputCopyEnd(w->conn, NULL) != 1) return -1;
+      w->copy_ended = 1;
+    }
+  }
+}
+
+/* The end of the batch transaction, as one simple query: the new ids' rows
+ * (if any) are the last data statement, so their COPY and the COMMIT run in
+ * the server while the caller reads the next batch. A failed COPY skips the
+ * rest of the query string (the COMMIT too): the transaction stays open and
+ * failed. */
+rv_err_t rv_pgwriter_send_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
-  PGresult *r = PQexec(w->conn, "COMMIT");
-  rv_err_t err = rv_pg_check(w->conn, r, "COMMIT", errstr, errstr_size);
-  /* COMMIT of a failed transaction "succeeds" as ROLLBACK. */
-  if (!err && strcmp(PQcmdStatus(r), "COMMIT"))
-    err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "COMMIT rolled back (%s)", PQcmdStatus(r));
+  char sql[320];
+  if (w->n_new)
+    snprintf(sql, sizeof sql, "COPY %s (" TABLE_COLUMNS ") FROM STDIN (FORMAT binary); COMMIT", w->table);
+  else
+    snprintf(sql, sizeof sql, "COMMIT");
+  if (!PQsendQuery(w->conn, sql))
+    return rv_errf(rv_pg_classify(w->conn, NULL), errstr, errstr_size, "sending COMMIT: %s", PQerrorMessage(w->conn));
+  w->in_flight = 1;
+  w->copy_ended = !w->n_new;
+  if (!w->n_new) return RV_OK;
+  /* Waits for CopyInResponse (one round trip), then hands the rows to libpq
+   * without blocking: it keeps what the socket does not take yet, and
+   * rv_pgwriter_poll / rv_pgwriter_finish send the rest. */
+  PGresult *r = PQgetResult(w->conn);
+  if (PQresultStatus(r) != PGRES_COPY_IN) {
+    rv_err_t err = rv_pg_check(w->conn, r, "COPY new rows", errstr, errstr_size);
+    if (!err) err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "COPY new rows: unexpected %s",
+                            PQresStatus(PQresultStatus(r)));
+    PQclear(r);
+    while ((r = PQgetResult(w->conn)) != NULL) PQclear(r);
+    w->in_flight = 0;
+    return err;
+  }
   PQclear(r);
+  w->copy_off = 0;
+  w->copy_ended = 0;
+  if (PQsetnonblocking(w->conn, 1) != 0 || feed_copy(w) < 0) /* finish reports it */
+    rv_warn("ingest", "%s: sending COPY data: %s", w->table, PQerrorMessage(w->conn));
+  return RV_OK;
+}
+
+int rv_pgwriter_in_flight(const rv_pgwriter_t *w) { return w->in_flight; }
+
+int rv_pgwriter_poll(rv_pgwriter_t *w) {
+  if (!w->in_flight) return 1;
+  if (!w->conn) return 1;
+  int pending = feed_copy(w); /* 1: more to send, -1: failed (finish reports it) */
+  if (pending < 0) return 1;
+  if (pending) return 0;
+  if (!PQconsumeInput(w->conn)) return 1;
+  return pending == 0 && !PQisBusy(w->conn);
+}
+
+rv_err_t rv_pgwriter_finish(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  if (!w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no commit in flight");
+  w->in_flight = 0;
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  /* The rest of the COPY data, waiting for the socket (and reading what the
+   * server sends meanwhile: PQflush does, so neither side stalls). */
+  int pending;
+  while ((pending = feed_copy(w)) == 1) {
+    struct pollfd p = {PQsocket(w->conn), POLLIN | POLLOUT, 0};
+    if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
+    if ((p.revents & POLLIN) && !PQconsumeInput(w->conn)) break;
+  }
+  if (pending != 0 || PQsetnonblocking(w->conn, 0) != 0) { /* the session is in an unknown state */
+    rv_err_t err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "sending COPY data: %s", PQerrorMessage(w->conn));
+    rv_pgwriter_disconnect(w);
+    return err;
+  }
+  rv_err_t err = RV_OK;
+  int committed = 0;
+  PGresult *r;
+  while ((r = PQgetResult(w->conn)) != NULL) {
+    if (!err) err = rv_pg_check(w->conn, r, w->n_new ? "COPY new rows / COMMIT" : "COMMIT", errstr, errstr_size);
+    if (!err && !strcmp(PQcmdStatus(r), "COMMIT")) committed = 1;
+    else if (!err && !strcmp(PQcmdStatus(r), "ROLLBACK")) /* COMMIT of a failed transaction */
+      err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "COMMIT rolled back (ROLLBACK)");
+    PQclear(r);
+  }
+  if (!err && !committed)
+    err = rv_errf(PQstatus(w->conn) == CONNECTION_OK ? RV_ERR_INVALID : RV_ERR_UNAVAILABLE, errstr, errstr_size,
+                  "COMMIT: no reply: %s", PQerrorMessage(w->conn));
+  if (err && PQstatus(w->conn) != CONNECTION_OK) err = RV_ERR_UNAVAILABLE;
   return err;
+}
+
+rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  rv_err_t err = rv_pgwriter_send_commit(w, errstr, errstr_size);
+  return err ? err : rv_pgwriter_finish(w, errstr, errstr_size);
 }
 
 PGconn *rv_pgwriter_conn(rv_pgwriter_t *w) { return w->conn; }
 
 void rv_pgwriter_rollback(rv_pgwriter_t *w) {
+  if (w->in_flight) { /* results not read: the session's state is unknown */
+    rv_pgwriter_disconnect(w);
+    return;
+  }
   if (!w->conn || PQtransactionStatus(w->conn) == PQTRANS_IDLE) return;
   PGresult *r = PQexec(w->conn, "ROLLBACK");
   if (PQresultStatus(r) != PGRES_COMMAND_OK) rv_pgwriter_disconnect(w);
@@ -663,6 +772,7 @@ void rv_pgwriter_set_store_vector(rv_pgwriter_t *w, int on) { w->store_vector = 
 
 rv_err_t rv_pgwriter_get_quantizer(rv_pgwriter_t *w, const char *kind, int32_t *version, rv_buf_t *params,
                                    char *errstr, size_t errstr_size) {
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
   return rv_pgschema_get_quantizer(w->conn, w->table, kind, version, params, errstr, errstr_size);
 }
@@ -670,6 +780,7 @@ rv_err_t rv_pgwriter_get_quantizer(rv_pgwriter_t *w, const char *kind, int32_t *
 rv_err_t rv_pgwriter_put_quantizer(rv_pgwriter_t *w, const char *kind, int32_t version, const void *params,
                                    size_t len, int trained_on, int32_t *version_out, rv_buf_t *params_out,
                                    char *errstr, size_t errstr_size) {
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
   return rv_pgschema_put_quantizer(w->conn, w->table, kind, version, params, len, trained_on, version_out,
                                    params_out, errstr, errstr_size);

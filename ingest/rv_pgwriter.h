@@ -8,15 +8,21 @@
  *     expects (fencing: a consumer that lost its partitions cannot commit)
  *   pin the batch's ids in <c>_ids (ON CONFLICT DO NOTHING RETURNING: the
  *     ids returned are new)
- *   COPY (FORMAT binary) the rows of new ids (with their SQ8/PQ codes, if the
- *     batch has them, and the raw vector unless disabled) straight into <c>,
- *     which routes them to their partitions; updated_at = the transaction's now()
  *   only for ids seen before: COPY their rows into a temporary staging table
  *     and upsert them into <c> (ON CONFLICT (id, created_at))
  *   upsert rv_offsets (next offset per partition; compare-and-set on the
  *     offsets the batch expects, so a concurrent first insert is fenced too)
  *   ... the caller adds the batch's changelog records to the outbox ...
- *   COMMIT
+ *   one simple query, sent without waiting (rv_pgwriter_send_commit):
+ *     COPY (FORMAT binary) the rows of new ids (with their SQ8/PQ codes, if
+ *     the batch has them, and the raw vector unless disabled) straight into
+ *     <c>, which routes them to their partitions; updated_at = the
+ *     transaction's now(); then COMMIT. A failed COPY skips the COMMIT.
+ *   read the results (rv_pgwriter_finish): only then is the batch committed.
+ *
+ * Every check that can fence the batch off runs before the final query, so
+ * that query can only fail as a whole (COPY error, lost connection), never
+ * commit a fenced batch.
  *
  * Named prepared statements on direct connections, unnamed ones only in
  * pgbouncer mode (PgBouncer's transaction pooling cannot keep prepared
@@ -74,19 +80,43 @@ typedef enum {
                           (e.g. a COMMIT whose reply was lost); no transaction is open */
 } rv_pgw_outcome_t;
 
-/* Runs the batch transaction up to (not including) COMMIT and sets every
- * row's created_at_ms. On RV_ERR_STATE the stored offsets match neither the
+/* Runs the batch transaction up to (not including) the final query, sets
+ * every row's created_at_ms and encodes the new rows' COPY data (b may be
+ * cleared or refilled after it returns). On RV_ERR_STATE the stored offsets match neither the
  * batch's start nor its end, or another consumer stored a partition's first
  * offset while this transaction ran: another consumer owns the partitions
  * now; the transaction is rolled back. On other errors it is rolled back too (classify
  * with rv_err_is_retriable; RV_ERR_UNAVAILABLE means reconnect). */
 rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
                            size_t errstr_size);
-/* Commits the transaction apply left open. On failure the outcome is unknown
- * when the error is RV_ERR_UNAVAILABLE (apply of the same batch tells: it
- * reports RV_PGW_ALREADY if the commit went through). */
+/* Commits the transaction apply left open: rv_pgwriter_send_commit, then
+ * rv_pgwriter_finish. On failure the outcome is unknown when the error is
+ * RV_ERR_UNAVAILABLE (apply of the same batch tells: it reports
+ * RV_PGW_ALREADY if the commit went through). */
 rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
-/* Rolls back the transaction apply left open, if any. */
+
+/* Sends the end of the transaction apply left open (the COPY of the batch's
+ * new rows, encoded by apply, and COMMIT) without waiting for its result;
+ * the COPY data libpq's socket does not take yet stays queued in libpq. On
+ * RV_OK a commit is in flight: until rv_pgwriter_finish, the writer refuses
+ * every other call that uses the connection (RV_ERR_INVALID; connect too, so
+ * callers that connect first leave it alone) except rv_pgwriter_poll,
+ * rv_pgwriter_disconnect and rv_pgwriter_rollback (which disconnect). On
+ * failure nothing is in flight and the transaction must be rolled back. */
+rv_err_t rv_pgwriter_send_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
+/* 1 while a commit sent by rv_pgwriter_send_commit has not been finished. */
+int rv_pgwriter_in_flight(const rv_pgwriter_t *w);
+/* Never blocks: sends more of the queued COPY data and reads what arrived.
+ * 1 when rv_pgwriter_finish will not wait (or nothing is in flight). */
+int rv_pgwriter_poll(rv_pgwriter_t *w);
+/* Waits for the in-flight commit's results. RV_OK: committed. Otherwise
+ * nothing is in flight any more and, as for rv_pgwriter_commit, the outcome
+ * is unknown when the error is RV_ERR_UNAVAILABLE; on other errors the
+ * transaction is open and failed: roll it back. */
+rv_err_t rv_pgwriter_finish(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
+
+/* Rolls back the transaction apply left open, if any (disconnects when a
+ * commit is in flight: its results were never read). */
 void rv_pgwriter_rollback(rv_pgwriter_t *w);
 
 /* The writer's connection (NULL when disconnected), for statements that must
