@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ingest_fixture.h"
 #include "rv_embedded.h"
 #include "rv_ingest.h"
 #include "rv_record.h"
@@ -35,24 +36,11 @@
 #define FAIL_TIMES 2   /* the trigger raises this many times, then lets it through */
 
 static struct {
-  char dir[64];
-  rv_pg_server_t *pg;
-  rd_kafka_t *mock_rk;
-  rd_kafka_mock_cluster_t *mock;
-  char brokers[512];
-  rd_kafka_t *producer;
-  rv_codec_t *codec;
-  rv_ingest_conf_t conf;
+  ingest_fixture_t f;
   rv_ingest_t *ingest;
-  PGconn *db;
   uint64_t produced;
   int version[N_IDS]; /* latest version produced of f-%04d */
 } T;
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
-}
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
   (void)rk, (void)opaque;
@@ -79,12 +67,12 @@ static void produce_version(int i, int version) {
   r.metadata = meta;
   rv_buf_t b;
   rv_buf_init(&b);
-  if (rv_codec_encode_vector(T.codec, &r, &b, e, sizeof e)) fail_msg("encode %s: %s", id, e);
+  if (rv_codec_encode_vector(T.f.codec, &r, &b, e, sizeof e)) fail_msg("encode %s: %s", id, e);
   rd_kafka_resp_err_t err;
-  while ((err = rd_kafka_producev(T.producer, RD_KAFKA_V_TOPIC(COLL ".vectors"),
+  while ((err = rd_kafka_producev(T.f.producer, RD_KAFKA_V_TOPIC(COLL ".vectors"),
                                   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(id, strlen(id)),
                                   RD_KAFKA_V_VALUE(b.base, b.len), RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-    rd_kafka_poll(T.producer, 10);
+    rd_kafka_poll(T.f.producer, 10);
   if (err) fail_msg("produce: %s", rd_kafka_err2str(err));
   rv_buf_close(&b);
   T.version[i] = version;
@@ -92,9 +80,9 @@ static void produce_version(int i, int version) {
 }
 
 static PGresult *query(const char *sql) {
-  PGresult *r = PQexec(T.db, sql);
+  PGresult *r = PQexec(T.f.db, sql);
   if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK)
-    fail_msg("%s: %s", sql, PQerrorMessage(T.db));
+    fail_msg("%s: %s", sql, PQerrorMessage(T.f.db));
   return r;
 }
 
@@ -117,69 +105,18 @@ static void wait_int(const char *sql, long long want, int timeout_ms) {
 
 static int setup(void **state) {
   (void)state;
-  char e[1024];
-  snprintf(T.dir, sizeof T.dir, "/tmp/rv-inflight-XXXXXX");
-  if (!mkdtemp(T.dir) || chmod(T.dir, 0755)) return -1;
-  if (!(T.pg = rv_pg_server_start(T.dir, e, sizeof e))) {
-    print_error("postgres: %s\n", e);
-    return -1;
-  }
-  if (!(T.db = PQconnectdb(rv_pg_server_conninfo(T.pg))) || PQstatus(T.db) != CONNECTION_OK) {
-    print_error("connect: %s\n", PQerrorMessage(T.db));
-    return -1;
-  }
-  rd_kafka_conf_t *c = rd_kafka_conf_new();
-  if (!(T.mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, e, sizeof e)) ||
-      !(T.mock = rd_kafka_mock_cluster_new(T.mock_rk, 3))) {
-    print_error("mock cluster failed\n");
-    return -1;
-  }
-  snprintf(T.brokers, sizeof T.brokers, "%s", rd_kafka_mock_cluster_bootstraps(T.mock));
-  if (rd_kafka_mock_topic_create(T.mock, COLL ".vectors", N_PARTS, 1) ||
-      rd_kafka_mock_topic_create(T.mock, COLL ".changelog", 3, 1) ||
-      rd_kafka_mock_topic_create(T.mock, COLL ".dlq", 1, 1)) {
-    print_error("mock topics failed\n");
-    return -1;
-  }
-  c = rd_kafka_conf_new();
-  if (rd_kafka_conf_set(c, "bootstrap.servers", T.brokers, e, sizeof e) ||
-      rd_kafka_conf_set(c, "enable.idempotence", "true", e, sizeof e) ||
-      rd_kafka_conf_set(c, "partitioner", "murmur2_random", e, sizeof e)) {
-    print_error("producer conf: %s\n", e);
-    return -1;
-  }
-  rd_kafka_conf_set_dr_msg_cb(c, on_delivery);
-  if (!(T.producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, e, sizeof e))) {
-    print_error("producer: %s\n", e);
-    return -1;
-  }
-  if (!(T.codec = rv_codec_new(e, sizeof e))) {
-    print_error("codec: %s\n", e);
-    return -1;
-  }
-  memset(&T.conf, 0, sizeof T.conf);
-  snprintf(T.conf.brokers, sizeof T.conf.brokers, "%s", T.brokers);
-  snprintf(T.conf.pg_conninfo, sizeof T.conf.pg_conninfo, "%s", rv_pg_server_conninfo(T.pg));
-  snprintf(T.conf.collection.name, sizeof T.conf.collection.name, COLL);
-  T.conf.collection.dim = DIM;
-  T.conf.collection.schema_id = 1;
-  T.conf.batch_rows = 200;
-  T.conf.sq8_train = 100;
-  T.conf.batch_ms = 50;
-  rv_ingest_conf_defaults(&T.conf);
+  if (ingest_fixture_open(&T.f, "rv-inflight-", COLL, DIM, N_PARTS, 3, 1, on_delivery)) return -1;
+  T.f.conf.batch_rows = 200;
+  T.f.conf.sq8_train = 100;
+  T.f.conf.batch_ms = 50;
+  rv_ingest_conf_defaults(&T.f.conf);
   return 0;
 }
 
 static int teardown(void **state) {
   (void)state;
   rv_ingest_destroy(T.ingest);
-  if (T.producer) rd_kafka_destroy(T.producer);
-  if (T.mock) rd_kafka_mock_cluster_destroy(T.mock);
-  if (T.mock_rk) rd_kafka_destroy(T.mock_rk);
-  rv_codec_destroy(T.codec);
-  if (T.db) PQfinish(T.db);
-  rv_pg_server_stop(T.pg);
-  if (!strncmp(T.dir, "/tmp/rv-inflight-", 17)) nftw(T.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  ingest_fixture_close(&T.f);
   return 0;
 }
 
@@ -208,13 +145,13 @@ static int teardown(void **state) {
 static void test_inflight_commit_failure_is_reread_exactly_once(void **state) {
   (void)state;
   char e[1024], sql[512];
-  assert_int_equal(RV_OK, rv_ingest_migrate(&T.conf, e, sizeof e));
+  assert_int_equal(RV_OK, rv_ingest_migrate(&T.f.conf, e, sizeof e));
   PQclear(query(FAIL_SQL));
   /* The trigger fires for COPY into the parent (routed rows): checked by hand, rolled back. */
   PQclear(query("BEGIN"));
-  PGresult *r = PQexec(T.db, "INSERT INTO " COLL " (id, created_at, updated_at) VALUES ('f-" STR(FAIL_ID) "', now(), now())");
-  if (PQresultStatus(r) != PGRES_FATAL_ERROR || !strstr(PQerrorMessage(T.db), "injected failure"))
-    fail_msg("the trigger did not fire: %s", PQerrorMessage(T.db));
+  PGresult *r = PQexec(T.f.db, "INSERT INTO " COLL " (id, created_at, updated_at) VALUES ('f-" STR(FAIL_ID) "', now(), now())");
+  if (PQresultStatus(r) != PGRES_FATAL_ERROR || !strstr(PQerrorMessage(T.f.db), "injected failure"))
+    fail_msg("the trigger did not fire: %s", PQerrorMessage(T.f.db));
   PQclear(r);
   PQclear(query("ROLLBACK"));
   PQclear(query("SELECT setval('rv_test_attempts', 1, false)")); /* forget the check's attempt */
@@ -224,10 +161,10 @@ static void test_inflight_commit_failure_is_reread_exactly_once(void **state) {
   for (int i = 0; i < N_IDS; i += 10) produce_version(i, 2);
   for (int i = 0; i < N_IDS; i += 50) produce_version(i, 3);
   assert_int_equal(1, T.version[FAIL_ID]);
-  rd_kafka_resp_err_t ferr = rd_kafka_flush(T.producer, 30000);
+  rd_kafka_resp_err_t ferr = rd_kafka_flush(T.f.producer, 30000);
   if (ferr) fail_msg("flush: %s", rd_kafka_err2str(ferr));
 
-  T.ingest = rv_ingest_new(&T.conf, e, sizeof e);
+  T.ingest = rv_ingest_new(&T.f.conf, e, sizeof e);
   if (!T.ingest || rv_ingest_start(T.ingest, e, sizeof e)) fail_msg("ingest: %s", e);
 
   /* Done when every record is ingested and the stored offsets reached the log's end. */
@@ -265,8 +202,8 @@ static void test_inflight_commit_failure_is_reread_exactly_once(void **state) {
   assert_int_equal(N_IDS, query_int("SELECT count(*) FROM " COLL "_ids"));
   assert_int_equal(N_IDS, query_int("SELECT count(*) FROM " COLL));
   assert_int_equal(N_IDS, query_int("SELECT count(DISTINCT id) FROM " COLL " WHERE deleted_at IS NULL"));
-  r = PQexecParams(T.db, "SELECT id, (metadata->>'v')::int, vector FROM " COLL, 0, NULL, NULL, NULL, NULL, 1);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK) fail_msg("rows: %s", PQerrorMessage(T.db));
+  r = PQexecParams(T.f.db, "SELECT id, (metadata->>'v')::int, vector FROM " COLL, 0, NULL, NULL, NULL, NULL, 1);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) fail_msg("rows: %s", PQerrorMessage(T.f.db));
   assert_int_equal(N_IDS, PQntuples(r));
   static int seen[N_IDS];
   memset(seen, 0, sizeof seen);
@@ -291,7 +228,7 @@ static void test_inflight_commit_failure_is_reread_exactly_once(void **state) {
   int64_t total = 0;
   for (int p = 0; p < N_PARTS; p++) {
     int64_t low, high;
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(T.producer, COLL ".vectors", p, &low, &high, 10000);
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(T.f.producer, COLL ".vectors", p, &low, &high, 10000);
     if (err) fail_msg("watermarks [%d]: %s", p, rd_kafka_err2str(err));
     snprintf(sql, sizeof sql,
              "SELECT next_offset FROM rv_offsets WHERE consumer_group = 'rv-ingest-" COLL "' AND topic = '" COLL

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "rv_batch.h"
+#include "ingest_fixture.h"
 #include "rv_embedded.h"
 #include "rv_ingest.h"
 #include "rv_pgwriter.h"
@@ -39,22 +40,9 @@
 #define PARTS 3
 
 static struct {
-  char dir[64];
-  rv_pg_server_t *pg;
-  PGconn *db;
-  rd_kafka_t *mock_rk;
-  rd_kafka_mock_cluster_t *mock;
-  char brokers[512];
-  rd_kafka_t *producer;
-  rv_codec_t *codec;
-  rv_ingest_conf_t conf;
+  ingest_fixture_t f;
   rv_ingest_t *ingest;
 } T;
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-  (void)sb, (void)flag, (void)ftw;
-  return remove(p);
-}
 
 static void produce_n(const char *prefix, int n) {
   char id[64], e[256];
@@ -70,21 +58,21 @@ static void produce_n(const char *prefix, int n) {
     r.dim = DIM;
     rv_buf_t b;
     rv_buf_init(&b);
-    if (rv_codec_encode_vector(T.codec, &r, &b, e, sizeof e)) fail_msg("encode: %s", e);
+    if (rv_codec_encode_vector(T.f.codec, &r, &b, e, sizeof e)) fail_msg("encode: %s", e);
     rd_kafka_resp_err_t err;
-    while ((err = rd_kafka_producev(T.producer, RD_KAFKA_V_TOPIC(COLL ".vectors"),
+    while ((err = rd_kafka_producev(T.f.producer, RD_KAFKA_V_TOPIC(COLL ".vectors"),
                                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(id, strlen(id)),
                                     RD_KAFKA_V_VALUE(b.base, b.len), RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-      rd_kafka_poll(T.producer, 10);
+      rd_kafka_poll(T.f.producer, 10);
     if (err) fail_msg("produce: %s", rd_kafka_err2str(err));
     rv_buf_close(&b);
   }
-  if (rd_kafka_flush(T.producer, 30000)) fail_msg("flush timed out");
+  if (rd_kafka_flush(T.f.producer, 30000)) fail_msg("flush timed out");
 }
 
 static long long query_int(const char *sql) {
-  PGresult *r = PQexec(T.db, sql);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) fail_msg("%s: %s", sql, PQerrorMessage(T.db));
+  PGresult *r = PQexec(T.f.db, sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) fail_msg("%s: %s", sql, PQerrorMessage(T.f.db));
   long long v = PQgetisnull(r, 0, 0) ? -1 : atoll(PQgetvalue(r, 0, 0));
   PQclear(r);
   return v;
@@ -102,7 +90,7 @@ static void wait_int(const char *sql, long long want, int timeout_ms) {
 
 static void set_changelog_leaders(int32_t broker) {
   for (int p = 0; p < PARTS; p++)
-    if (rd_kafka_mock_partition_set_leader(T.mock, COLL ".changelog", p, broker)) fail_msg("set_leader");
+    if (rd_kafka_mock_partition_set_leader(T.f.mock, COLL ".changelog", p, broker)) fail_msg("set_leader");
 }
 
 /* Messages in the changelog (sum of its high watermarks; its partitions must have a leader). */
@@ -110,7 +98,7 @@ static long long changelog_count(void) {
   long long n = 0;
   for (int p = 0; p < PARTS; p++) {
     int64_t lo, hi;
-    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(T.producer, COLL ".changelog", p, &lo, &hi, 10000);
+    rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(T.f.producer, COLL ".changelog", p, &lo, &hi, 10000);
     if (err) fail_msg("watermarks [%d]: %s", p, rd_kafka_err2str(err));
     n += hi;
   }
@@ -122,39 +110,13 @@ static long long changelog_count(void) {
 static int setup(void **state) {
   (void)state;
   char e[1024];
-  snprintf(T.dir, sizeof T.dir, "/tmp/rv-outbox-XXXXXX");
-  if (!mkdtemp(T.dir) || chmod(T.dir, 0755)) return -1;
-  if (!(T.pg = rv_pg_server_start(T.dir, e, sizeof e))) {
-    print_error("postgres: %s\n", e);
-    return -1;
-  }
-  if (!(T.db = PQconnectdb(rv_pg_server_conninfo(T.pg))) || PQstatus(T.db) != CONNECTION_OK) return -1;
-  rd_kafka_conf_t *c = rd_kafka_conf_new();
-  if (!(T.mock_rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, e, sizeof e))) return -1;
-  if (!(T.mock = rd_kafka_mock_cluster_new(T.mock_rk, 3))) return -1;
-  snprintf(T.brokers, sizeof T.brokers, "%s", rd_kafka_mock_cluster_bootstraps(T.mock));
-  if (rd_kafka_mock_topic_create(T.mock, COLL ".vectors", PARTS, 1) ||
-      rd_kafka_mock_topic_create(T.mock, COLL ".changelog", PARTS, 1) ||
-      rd_kafka_mock_topic_create(T.mock, COLL ".dlq", 1, 1))
-    return -1;
-  c = rd_kafka_conf_new();
-  if (rd_kafka_conf_set(c, "bootstrap.servers", T.brokers, e, sizeof e) ||
-      rd_kafka_conf_set(c, "partitioner", "murmur2_random", e, sizeof e))
-    return -1;
-  if (!(T.producer = rd_kafka_new(RD_KAFKA_PRODUCER, c, e, sizeof e))) return -1;
-  if (!(T.codec = rv_codec_new(e, sizeof e))) return -1;
-  memset(&T.conf, 0, sizeof T.conf);
-  snprintf(T.conf.brokers, sizeof T.conf.brokers, "%s", T.brokers);
-  snprintf(T.conf.pg_conninfo, sizeof T.conf.pg_conninfo, "%s", rv_pg_server_conninfo(T.pg));
-  snprintf(T.conf.collection.name, sizeof T.conf.collection.name, COLL);
-  T.conf.collection.dim = DIM;
-  T.conf.collection.schema_id = 1;
-  T.conf.batch_rows = 50;
-  T.conf.batch_ms = 20;
-  T.conf.session_timeout_ms = 3000;
-  T.conf.sq8_train = 10; /* batches wait for the SQ8 quantizer's training vectors */
-  rv_ingest_conf_defaults(&T.conf);
-  if (rv_ingest_migrate(&T.conf, e, sizeof e)) {
+  if (ingest_fixture_open(&T.f, "rv-outbox-", COLL, DIM, PARTS, PARTS, 0, NULL)) return -1;
+  T.f.conf.batch_rows = 50;
+  T.f.conf.batch_ms = 20;
+  T.f.conf.session_timeout_ms = 3000;
+  T.f.conf.sq8_train = 10; /* batches wait for the SQ8 quantizer's training vectors */
+  rv_ingest_conf_defaults(&T.f.conf);
+  if (rv_ingest_migrate(&T.f.conf, e, sizeof e)) {
     print_error("migrate: %s\n", e);
     return -1;
   }
@@ -164,13 +126,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
   (void)state;
   rv_ingest_destroy(T.ingest);
-  if (T.producer) rd_kafka_destroy(T.producer);
-  if (T.mock) rd_kafka_mock_cluster_destroy(T.mock);
-  if (T.mock_rk) rd_kafka_destroy(T.mock_rk);
-  rv_codec_destroy(T.codec);
-  if (T.db) PQfinish(T.db);
-  rv_pg_server_stop(T.pg);
-  if (!strncmp(T.dir, "/tmp/rv-outbox-", 15)) nftw(T.dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  ingest_fixture_close(&T.f);
   return 0;
 }
 
@@ -179,7 +135,7 @@ static int teardown(void **state) {
 static void start_ingest(void) {
   char e[512];
   rv_ingest_destroy(T.ingest);
-  T.ingest = rv_ingest_new(&T.conf, e, sizeof e);
+  T.ingest = rv_ingest_new(&T.f.conf, e, sizeof e);
   if (!T.ingest || rv_ingest_start(T.ingest, e, sizeof e)) fail_msg("ingest: %s", e);
 }
 
@@ -278,8 +234,8 @@ static void *apply_thread(void *arg) {
 static void test_offsets_compare_and_set(void **state) {
   (void)state;
   char e[512];
-  rv_pgwriter_t *w1 = rv_pgwriter_new(rv_pg_server_conninfo(T.pg), 0, COLL, "cas-group", "cas.topic", e, sizeof e);
-  rv_pgwriter_t *w2 = rv_pgwriter_new(rv_pg_server_conninfo(T.pg), 0, COLL, "cas-group", "cas.topic", e, sizeof e);
+  rv_pgwriter_t *w1 = rv_pgwriter_new(rv_pg_server_conninfo(T.f.pg), 0, COLL, "cas-group", "cas.topic", e, sizeof e);
+  rv_pgwriter_t *w2 = rv_pgwriter_new(rv_pg_server_conninfo(T.f.pg), 0, COLL, "cas-group", "cas.topic", e, sizeof e);
   assert_non_null(w1);
   assert_non_null(w2);
   if (rv_pgwriter_connect(w1, e, sizeof e) || rv_pgwriter_connect(w2, e, sizeof e)) fail_msg("connect: %s", e);
