@@ -701,7 +701,7 @@ static void *run(void *arg) {
       timeout = left < 0 ? 0 : (int)left;
       if (!timeout && rv_quant_holding(in->quant)) timeout = 20; /* waiting for vectors to train on */
     }
-    if (rv_pgwriter_in_flight(in->pg) && timeout > 5) timeout = 5; /* keep its COPY data moving */
+    if (rv_pgwriter_in_flight(in->pg) && timeout > 5) timeout = 5; /* notice its end soon */
     rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
     if (m) {
       if (!m->err) on_message(in, m);

@@ -1,12 +1,13 @@
 #include "rv_pgwriter.h"
 
-#include <errno.h>
 #include <libpq-fe.h>
-#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "rv_buf.h"
 #include "rv_log.h"
@@ -16,10 +17,6 @@
 /* Microseconds between the Unix epoch and PostgreSQL's (2000-01-01). */
 #define PG_EPOCH_MS INT64_C(946684800000)
 #define COPY_CHUNK (1u << 20)
-/* COPY data handed to libpq at a time while a commit is in flight: libpq
- * moves what a partial send leaves to the start of its buffer, so a whole
- * batch queued at once would be moved again on every send. */
-#define FEED_CHUNK (256u << 10)
 
 enum { ST_LOCK, ST_READ, ST_PIN, ST_UPSERT, ST_OFFSETS, ST_COUNT };
 
@@ -48,9 +45,20 @@ struct rv_pgwriter {
   size_t cap_new;
   size_t n_new;            /* rows of the applied batch whose ids it pinned (COPYed by send_commit) */
   char now_be[8];          /* the applied transaction's now(), binary, when n_new > 0 */
-  int in_flight;           /* send_commit sent the COPY and COMMIT; finish has not read their results */
-  size_t copy_off;         /* bytes of copy handed to libpq so far while in flight */
-  int copy_ended;          /* PQputCopyEnd queued (or no COPY) */
+  int in_flight;           /* send_commit handed the COPY and COMMIT to the flight thread; finish has not
+                              taken the connection back (consumer thread only) */
+  /* The flight thread runs the end of a batch transaction (send_commit to
+   * finish) while the consumer thread reads the next batch; the connection
+   * and copy are its own meanwhile. */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pthread_t thread;
+  int thread_started;
+  int job;                 /* under mu: 1 from send_commit until the thread has the result */
+  int quit;                /* under mu: destroy asks the thread to exit */
+  atomic_int flight_done;  /* the result is in (poll reads it without the lock) */
+  rv_err_t flight_err;     /* under mu, read once job is 0 */
+  char flight_errstr[512];
 };
 
 static char *fmt_alloc(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -71,6 +79,13 @@ static char *fmt_alloc(const char *fmt, ...) {
 void rv_pgwriter_destroy(rv_pgwriter_t *w) {
   if (!w) return;
   rv_pgwriter_disconnect(w);
+  pthread_mutex_lock(&w->mu);
+  w->quit = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  if (w->thread_started) pthread_join(w->thread, NULL);
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
   free(w->conninfo);
   free(w->group);
   free(w->topic);
@@ -100,6 +115,8 @@ rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *
   if (rv_pgschema_check_name(table, errstr, errstr_size)) return NULL;
   rv_pgwriter_t *w = calloc(1, sizeof *w);
   if (!w) goto nomem;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
   w->pgbouncer = pgbouncer;
   w->store_vector = 1;
   snprintf(w->table, sizeof w->table, "%s", table);
@@ -164,7 +181,13 @@ nomem:
   return NULL;
 }
 
+static void await_flight(rv_pgwriter_t *w);
+
 void rv_pgwriter_disconnect(rv_pgwriter_t *w) {
+  if (w->in_flight) { /* abandoned: cut the socket under the flight thread, then close once it let go */
+    if (w->conn && PQsocket(w->conn) >= 0) shutdown(PQsocket(w->conn), SHUT_RDWR);
+    await_flight(w);
+  }
   if (w->conn) PQfinish(w->conn);
   w->conn = NULL;
   w->in_flight = 0;
@@ -647,96 +670,39 @@ rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *ou
   return err;
 }
 
-/* Sends queued output, and hands libpq more of w->copy (then the COPY's
- * end) whenever its buffer is empty. Never blocks (non-blocking mode).
- * 0: everything sent; 1: more to send; -1: failed. */
-static int feed_copy(rv_pgwriter_t *w) {
-  for (;;) {
-    int pending = PQflush(w->conn);
-    if (pending != 0 || w->copy_ended) return pending;
-    if (w->copy_off < w->copy.len) {
-      size_t n = w->copy.len - w->copy_off < FEED_CHUNK ? w->copy.len - w->copy_off : FEED_CHUNK;
-      if (PQputCopyData(w->conn, (const char *)w->copy.base + w->copy_off, (int)n) != 1) return -1;
-      w->copy_off += n;
-    } else {
-      if (PQputCopyEnd(w->conn, NULL) != 1) return -1;
-      w->copy_ended = 1;
-    }
-  }
-}
-
 /* The end of the batch transaction, as one simple query: the new ids' rows
- * (if any) are the last data statement, so their COPY and the COMMIT run in
- * the server while the caller reads the next batch. A failed COPY skips the
+ * (if any) are the last data statement, then COMMIT. A failed COPY skips the
  * rest of the query string (the COMMIT too): the transaction stays open and
- * failed. */
-rv_err_t rv_pgwriter_send_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
-  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
-  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+ * failed. Runs on the writer's flight thread, with blocking I/O. */
+static rv_err_t run_flight(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
   char sql[320];
   if (w->n_new)
     snprintf(sql, sizeof sql, "COPY %s (" TABLE_COLUMNS ") FROM STDIN (FORMAT binary); COMMIT", w->table);
   else
     snprintf(sql, sizeof sql, "COMMIT");
   if (!PQsendQuery(w->conn, sql))
-    return rv_errf(rv_pg_classify(w->conn, NULL), errstr, errstr_size, "sending COMMIT: %s", PQerrorMessage(w->conn));
-  w->in_flight = 1;
-  w->copy_ended = !w->n_new;
-  if (!w->n_new) return RV_OK;
-  /* Waits for CopyInResponse (one round trip), then hands the rows to libpq
-   * without blocking: it keeps what the socket does not take yet, and
-   * rv_pgwriter_poll / rv_pgwriter_finish send the rest. */
-  PGresult *r = PQgetResult(w->conn);
-  if (PQresultStatus(r) != PGRES_COPY_IN) {
-    rv_err_t err = rv_pg_check(w->conn, r, "COPY new rows", errstr, errstr_size);
-    if (!err) err = rv_errf(RV_ERR_INVALID, errstr, errstr_size, "COPY new rows: unexpected %s",
-                            PQresStatus(PQresultStatus(r)));
-    PQclear(r);
-    while ((r = PQgetResult(w->conn)) != NULL) PQclear(r);
-    w->in_flight = 0;
-    return err;
-  }
-  PQclear(r);
-  w->copy_off = 0;
-  w->copy_ended = 0;
-  if (PQsetnonblocking(w->conn, 1) != 0 || feed_copy(w) < 0) /* finish reports it */
-    rv_warn("ingest", "%s: sending COPY data: %s", w->table, PQerrorMessage(w->conn));
-  return RV_OK;
-}
-
-int rv_pgwriter_in_flight(const rv_pgwriter_t *w) { return w->in_flight; }
-
-int rv_pgwriter_poll(rv_pgwriter_t *w) {
-  if (!w->in_flight) return 1;
-  if (!w->conn) return 1;
-  int pending = feed_copy(w); /* 1: more to send, -1: failed (finish reports it) */
-  if (pending < 0) return 1;
-  if (pending) return 0;
-  if (!PQconsumeInput(w->conn)) return 1;
-  return pending == 0 && !PQisBusy(w->conn);
-}
-
-rv_err_t rv_pgwriter_finish(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
-  if (!w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no commit in flight");
-  w->in_flight = 0;
-  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
-  /* The rest of the COPY data, waiting for the socket (and reading what the
-   * server sends meanwhile: PQflush does, so neither side stalls). */
-  int pending;
-  while ((pending = feed_copy(w)) == 1) {
-    struct pollfd p = {PQsocket(w->conn), POLLIN | POLLOUT, 0};
-    if (poll(&p, 1, 1000) < 0 && errno != EINTR) break;
-    if ((p.revents & POLLIN) && !PQconsumeInput(w->conn)) break;
-  }
-  if (pending != 0 || PQsetnonblocking(w->conn, 0) != 0) { /* the session is in an unknown state */
-    rv_err_t err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "sending COPY data: %s", PQerrorMessage(w->conn));
-    rv_pgwriter_disconnect(w);
-    return err;
-  }
+    return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "sending COMMIT: %s", PQerrorMessage(w->conn));
   rv_err_t err = RV_OK;
-  int committed = 0;
+  int committed = 0, copied = 0;
   PGresult *r;
   while ((r = PQgetResult(w->conn)) != NULL) {
+    if (PQresultStatus(r) == PGRES_COPY_IN) {
+      PQclear(r);
+      if (copied++) { /* COPY data could not be delivered: the session's state is unknown */
+        if (!err) err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "sending COPY data: %s",
+                                PQerrorMessage(w->conn));
+        break;
+      }
+      int ok = 1;
+      for (size_t off = 0; off < w->copy.len && ok; off += COPY_CHUNK) {
+        size_t n = w->copy.len - off < COPY_CHUNK ? w->copy.len - off : COPY_CHUNK;
+        ok = PQputCopyData(w->conn, (const char *)w->copy.base + off, (int)n) == 1;
+      }
+      if (PQputCopyEnd(w->conn, ok ? NULL : "client failed to send COPY data") != 1) ok = 0;
+      if (!ok && !err)
+        err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "sending COPY data: %s", PQerrorMessage(w->conn));
+      continue;
+    }
     if (!err) err = rv_pg_check(w->conn, r, w->n_new ? "COPY new rows / COMMIT" : "COMMIT", errstr, errstr_size);
     if (!err && !strcmp(PQcmdStatus(r), "COMMIT")) committed = 1;
     else if (!err && !strcmp(PQcmdStatus(r), "ROLLBACK")) /* COMMIT of a failed transaction */
@@ -748,6 +714,72 @@ rv_err_t rv_pgwriter_finish(rv_pgwriter_t *w, char *errstr, size_t errstr_size) 
                   "COMMIT: no reply: %s", PQerrorMessage(w->conn));
   if (err && PQstatus(w->conn) != CONNECTION_OK) err = RV_ERR_UNAVAILABLE;
   return err;
+}
+
+/* The flight thread: runs one in-flight commit at a time for the consumer
+ * thread, which owns the connection again once it has seen the result. */
+static void *flight_main(void *arg) {
+  rv_pgwriter_t *w = arg;
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    while (!w->job && !w->quit) pthread_cond_wait(&w->cv, &w->mu);
+    if (!w->job) break;
+    pthread_mutex_unlock(&w->mu);
+    char e[sizeof w->flight_errstr];
+    e[0] = 0;
+    rv_err_t err = run_flight(w, e, sizeof e);
+    pthread_mutex_lock(&w->mu);
+    w->flight_err = err;
+    memcpy(w->flight_errstr, e, sizeof e);
+    w->job = 0;
+    atomic_store(&w->flight_done, 1);
+    pthread_cond_broadcast(&w->cv);
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+/* Waits until the flight thread has finished the commit in flight. */
+static void await_flight(rv_pgwriter_t *w) {
+  pthread_mutex_lock(&w->mu);
+  while (w->job) pthread_cond_wait(&w->cv, &w->mu);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Hands the end of the transaction to the flight thread. PostgreSQL takes
+ * COPY data at some 150 MB/s: a socket buffer of it lasts about a
+ * millisecond, so COPY data fed from the consumer loop between Kafka polls
+ * left the server waiting for it most of the time. */
+rv_err_t rv_pgwriter_send_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  pthread_mutex_lock(&w->mu);
+  if (!w->thread_started) {
+    int rc = pthread_create(&w->thread, NULL, flight_main, w);
+    if (rc) {
+      pthread_mutex_unlock(&w->mu);
+      return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "starting the commit thread: %s", strerror(rc));
+    }
+    w->thread_started = 1;
+  }
+  atomic_store(&w->flight_done, 0);
+  w->job = 1;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  w->in_flight = 1;
+  return RV_OK;
+}
+
+int rv_pgwriter_in_flight(const rv_pgwriter_t *w) { return w->in_flight; }
+
+int rv_pgwriter_poll(rv_pgwriter_t *w) { return !w->in_flight || atomic_load(&w->flight_done); }
+
+rv_err_t rv_pgwriter_finish(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {
+  if (!w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no commit in flight");
+  await_flight(w);
+  w->in_flight = 0;
+  if (w->flight_err) snprintf(errstr, errstr_size, "%s", w->flight_errstr);
+  return w->flight_err;
 }
 
 rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size) {

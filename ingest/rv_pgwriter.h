@@ -27,7 +27,8 @@
  * Named prepared statements on direct connections, unnamed ones only in
  * pgbouncer mode (PgBouncer's transaction pooling cannot keep prepared
  * statements or temporary tables across transactions).
- * Thread: one writer is used by one thread at a time. */
+ * Threads: one writer is used by one thread at a time; it runs the end of
+ * each transaction (send_commit .. finish) on a thread of its own. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -95,19 +96,19 @@ rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *ou
  * RV_PGW_ALREADY if the commit went through). */
 rv_err_t rv_pgwriter_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
 
-/* Sends the end of the transaction apply left open (the COPY of the batch's
- * new rows, encoded by apply, and COMMIT) without waiting for its result;
- * the COPY data libpq's socket does not take yet stays queued in libpq. On
- * RV_OK a commit is in flight: until rv_pgwriter_finish, the writer refuses
- * every other call that uses the connection (RV_ERR_INVALID; connect too, so
- * callers that connect first leave it alone) except rv_pgwriter_poll,
- * rv_pgwriter_disconnect and rv_pgwriter_rollback (which disconnect). On
+/* Hands the end of the transaction apply left open (the COPY of the batch's
+ * new rows, encoded by apply, and COMMIT) to the writer's own thread, which
+ * sends it with blocking I/O, and returns at once. On RV_OK a commit is in
+ * flight: until rv_pgwriter_finish the connection belongs to that thread,
+ * and the writer refuses every other call that uses it (RV_ERR_INVALID;
+ * connect too, so callers that connect first leave it alone) except
+ * rv_pgwriter_poll, rv_pgwriter_disconnect and rv_pgwriter_rollback (which
+ * cut the connection, wait for the thread to let go and close it). On
  * failure nothing is in flight and the transaction must be rolled back. */
 rv_err_t rv_pgwriter_send_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
 /* 1 while a commit sent by rv_pgwriter_send_commit has not been finished. */
 int rv_pgwriter_in_flight(const rv_pgwriter_t *w);
-/* Never blocks: sends more of the queued COPY data and reads what arrived.
- * 1 when rv_pgwriter_finish will not wait (or nothing is in flight). */
+/* Never blocks: 1 when rv_pgwriter_finish will not wait (or nothing is in flight). */
 int rv_pgwriter_poll(rv_pgwriter_t *w);
 /* Waits for the in-flight commit's results. RV_OK: committed. Otherwise
  * nothing is in flight any more and, as for rv_pgwriter_commit, the outcome
@@ -121,7 +122,7 @@ void rv_pgwriter_rollback(rv_pgwriter_t *w);
 
 /* The writer's connection (NULL when disconnected), for statements that must
  * run inside the transaction apply left open (the changelog outbox) or on
- * the same session. Owned by the writer. */
+ * the same session; never while a commit is in flight. Owned by the writer. */
 PGconn *rv_pgwriter_conn(rv_pgwriter_t *w);
 
 #endif
