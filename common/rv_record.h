@@ -59,12 +59,18 @@ void rv_codec_destroy(rv_codec_t *c);
 rv_err_t rv_codec_encode_vector(rv_codec_t *c, const rv_vector_record_t *r, rv_buf_t *out,
                                 char *errstr, size_t errstr_size);
 
-/* Decodes one plain Avro vector record that must span exactly len bytes.
+/* Decodes one plain Avro vector record that must span exactly len bytes,
+ * written with schemas/vector_record.avsc (read directly, not through
+ * Avro-C's generic values: see rv_record.c).
  * On success out owns fresh copies (call rv_vector_record_close on it); on
  * failure (RV_ERR_CORRUPT: truncated, trailing bytes, bad union or enum) out is
  * left initialised and empty. */
 rv_err_t rv_codec_decode_vector(rv_codec_t *c, const void *data, size_t len, rv_vector_record_t *out,
                                 char *errstr, size_t errstr_size);
+/* The same through Avro-C's generic reader (slower): the reference the
+ * direct reader above is tested against. */
+rv_err_t rv_codec_decode_vector_avro(rv_codec_t *c, const void *data, size_t len, rv_vector_record_t *out,
+                                     char *errstr, size_t errstr_size);
 
 /* A writer schema (the schema a producer wrote a vector record with, e.g. as
  * registered in a Schema Registry) resolved against the vector record schema

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,6 +186,114 @@ static void test_hostile_lengths(void **state) {
   }
 }
 
+
+/* ---- the direct reader against Avro-C's generic one ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+static uint64_t rnd(void) { /* xorshift64*: the same cases every run */
+  rng_state ^= rng_state >> 12;
+  rng_state ^= rng_state << 25;
+  rng_state ^= rng_state >> 27;
+  return rng_state * 0x2545f4914f6cdd1du;
+}
+
+/* Both readers decode bytes alike: both refuse (RV_ERR_CORRUPT, record left
+ * empty), or both give the same record, floats bit for bit. */
+static void assert_same_decoding(rv_codec_t *c, const uint8_t *p, size_t n) {
+  rv_vector_record_t a, b;
+  char ea[256], eb[256];
+  rv_err_t ra = rv_codec_decode_vector(c, p, n, &a, ea, sizeof ea);
+  rv_err_t rb = rv_codec_decode_vector_avro(c, p, n, &b, eb, sizeof eb);
+  if (ra != rb) fail_msg("direct %d (%s) vs Avro-C %d (%s) on %zu bytes", ra, ra ? ea : "ok", rb, rb ? eb : "ok", n);
+  if (ra) {
+    assert_int_equal(ra, RV_ERR_CORRUPT);
+    assert_null(a.id);
+    assert_null(a.vector);
+    assert_null(a.metadata);
+    return;
+  }
+  assert_int_equal(a.id_len, b.id_len);
+  assert_memory_equal(a.id, b.id, a.id_len + 1);
+  assert_int_equal(a.op, b.op);
+  assert_int_equal(a.dim, b.dim);
+  assert_int_equal(a.vector == NULL, b.vector == NULL);
+  if (a.dim) assert_memory_equal(a.vector, b.vector, (size_t)a.dim * sizeof(float));
+  assert_int_equal(a.metadata == NULL, b.metadata == NULL);
+  if (a.metadata) assert_string_equal(a.metadata, b.metadata);
+  assert_int_equal(a.has_event_time, b.has_event_time);
+  assert_int_equal(a.event_time_ms, b.event_time_ms);
+  rv_vector_record_close(&a);
+  rv_vector_record_close(&b);
+}
+
+/* Random records encoded by Avro-C, then every truncation of a few of them
+ * and random byte changes: the direct reader must agree with Avro-C's. */
+static void test_direct_reader_matches_avro_c(void **state) {
+  rv_codec_t *c = *state;
+  rv_buf_t b;
+  rv_buf_init(&b);
+  static const int64_t times[] = {0, 1, -1, INT64_MAX, INT64_MIN, 1732400000123};
+  size_t decoded = 0;
+  for (int i = 0; i < 400; i++) {
+    char id[80], meta[64];
+    size_t id_len = rnd() % 70;
+    for (size_t k = 0; k < id_len; k++) id[k] = (char)(' ' + rnd() % 95);
+    id[id_len] = 0;
+    int dim = (int)(rnd() % 4 == 0 ? 0 : rnd() % 800);
+    float *v = calloc((size_t)dim + 1, sizeof *v);
+    for (int k = 0; k < dim; k++) {
+      uint32_t u = (uint32_t)rnd();
+      memcpy(&v[k], &u, sizeof u); /* any bits: NaNs, infinities, denormals */
+    }
+    snprintf(meta, sizeof meta, "{\"k\":%u}", (unsigned)(rnd() % 1000));
+    rv_vector_record_t r = {.id = id, .id_len = id_len, .op = rnd() % 2 ? RV_OP_DELETE : RV_OP_UPSERT,
+                            .vector = rnd() % 5 ? v : NULL, .dim = dim, .metadata = rnd() % 2 ? meta : NULL,
+                            .has_event_time = (int)(rnd() % 2), .event_time_ms = times[rnd() % 6]};
+    if (!r.vector) r.dim = 0;
+    rv_buf_reset(&b);
+    assert_int_equal(rv_codec_encode_vector(c, &r, &b, errstr, sizeof errstr), RV_OK);
+    assert_same_decoding(c, b.base, b.len);
+    rv_vector_record_t out;
+    assert_int_equal(rv_codec_decode_vector(c, b.base, b.len, &out, errstr, sizeof errstr), RV_OK);
+    assert_int_equal(out.dim, r.dim);
+    rv_vector_record_close(&out);
+    decoded++;
+    if (i < 20) /* every truncation */
+      for (size_t cut = 0; cut < b.len; cut += (b.len > 400 ? 7 : 1)) assert_same_decoding(c, b.base, cut);
+    for (int m = 0; m < 20; m++) { /* one to three bytes changed */
+      uint8_t *copy = malloc(b.len);
+      memcpy(copy, b.base, b.len);
+      for (int k = 0, nk = 1 + (int)(rnd() % 3); k < nk; k++) copy[rnd() % b.len] = (uint8_t)rnd();
+      assert_same_decoding(c, copy, b.len);
+      free(copy);
+    }
+    free(v);
+  }
+  assert_int_equal(decoded, 400);
+  /* Encodings Avro-C does not write but the spec allows: an array in several
+   * blocks, a negative count followed by the block's size in bytes. */
+  const uint8_t blocks[] = {0x02, 'x', 0x00, 0x02, /* 2 floats */ 0x04, 0, 0, 0x80, 0x3f, 0, 0, 0, 0x40,
+                            /* -1 float, 4 bytes */ 0x01, 0x08, 0, 0, 0x40, 0x40, 0x00, 0x00, 0x00};
+  assert_same_decoding(c, blocks, sizeof blocks);
+  rv_vector_record_t out;
+  assert_int_equal(rv_codec_decode_vector(c, blocks, sizeof blocks, &out, errstr, sizeof errstr), RV_OK);
+  assert_int_equal(out.dim, 3);
+  assert_true(out.vector[0] == 1.0f && out.vector[1] == 2.0f && out.vector[2] == 3.0f);
+  rv_vector_record_close(&out);
+  /* A NUL inside the id, an op past the enum, a union branch 2, trailing bytes. */
+  const uint8_t nul_id[] = {0x04, 'a', 0, 0x00, 0x00, 0x00, 0x00};
+  const uint8_t bad_op[] = {0x02, 'a', 0x04, 0x00, 0x00, 0x00};
+  const uint8_t bad_branch[] = {0x02, 'a', 0x00, 0x04, 0x00, 0x00};
+  const uint8_t trailing[] = {0x02, 'a', 0x00, 0x00, 0x00, 0x00, 0x00};
+  const uint8_t *bad[] = {nul_id, bad_op, bad_branch, trailing};
+  const size_t bad_len[] = {sizeof nul_id, sizeof bad_op, sizeof bad_branch, sizeof trailing};
+  for (int i = 0; i < 4; i++) {
+    assert_same_decoding(c, bad[i], bad_len[i]);
+    assert_int_equal(rv_codec_decode_vector(c, bad[i], bad_len[i], &out, errstr, sizeof errstr), RV_ERR_CORRUPT);
+  }
+  rv_buf_close(&b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_vector_round_trip),
@@ -193,6 +302,7 @@ int main(void) {
       cmocka_unit_test(test_change_round_trip),
       cmocka_unit_test(test_confluent_framing),
       cmocka_unit_test(test_hostile_lengths),
+      cmocka_unit_test(test_direct_reader_matches_avro_c),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
