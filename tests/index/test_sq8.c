@@ -82,6 +82,54 @@ static void test_encode_decode_error_bound(void **state) {
 
 /* With the default quantiles, outliers do not stretch the range: min/max are
  * the 0.001/0.999 quantiles, and values beyond them clamp to codes 0/255. */
+/* The vectorized encoder gives exactly the codes of the plain formula,
+ * including NaN (0), infinities, values far outside the range and values
+ * that land on a half step; dims that are not a multiple of any vector width. */
+static void test_encode_matches_formula(void **state) {
+  (void)state;
+  static const int dims[] = {1, 7, 16, 33, 784, 1001};
+  for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++) {
+    int dim = dims[t];
+    size_t n = 64;
+    float *x = malloc(n * (size_t)dim * sizeof *x);
+    uint8_t *code = malloc((size_t)dim);
+    assert_non_null(x);
+    assert_non_null(code);
+    uint64_t s = 42 + (uint64_t)dim;
+    for (size_t i = 0; i < n * (size_t)dim; i++) {
+      s = s * 6364136223846793005u + 1442695040888963407u;
+      x[i] = (float)((double)(s >> 11) / (double)(1ull << 53) * 10.0 - 5.0);
+    }
+    rv_sq8_t *q = train_ok(x, n, dim, 0.01, 0.99);
+    const float *mn = rv_sq8_min(q), *sc = rv_sq8_scale(q);
+    float *v = malloc((size_t)dim * sizeof *v);
+    assert_non_null(v);
+    for (int round = 0; round < 8; round++) {
+      for (int i = 0; i < dim; i++) {
+        s = s * 6364136223846793005u + 1442695040888963407u;
+        switch ((s >> 33) % 8) {
+        case 0: v[i] = NAN; break;
+        case 1: v[i] = (s >> 40) % 2 ? INFINITY : -INFINITY; break;
+        case 2: v[i] = mn[i] + sc[i] * (float)((s >> 41) % 300) * 0.5f; break; /* on and past half steps */
+        case 3: v[i] = (s >> 40) % 2 ? 3e38f : -3e38f; break;
+        default: v[i] = (float)((double)(s >> 11) / (double)(1ull << 53) * 14.0 - 7.0);
+        }
+      }
+      rv_sq8_encode(q, v, code);
+      for (int i = 0; i < dim; i++) {
+        double f = ((double)v[i] - mn[i]) / sc[i];
+        uint8_t want = !(f > 0) ? 0 : f >= 255 ? 255 : (uint8_t)(f + 0.5);
+        if (code[i] != want) fail_msg("dim %d, element %d: value %g gives code %u, formula %u", dim, i, (double)v[i],
+                                      code[i], want);
+      }
+    }
+    rv_sq8_destroy(q);
+    free(v);
+    free(x);
+    free(code);
+  }
+}
+
 static void test_clipping(void **state) {
   (void)state;
   enum { N = 5000, D = 3 };
@@ -732,6 +780,7 @@ static void test_crc32c_fast_matches_bytewise(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_crc32c_check_value),   cmocka_unit_test(test_crc32c_fast_matches_bytewise),   cmocka_unit_test(test_encode_decode_error_bound),
+      cmocka_unit_test(test_encode_matches_formula),
       cmocka_unit_test(test_clipping),             cmocka_unit_test(test_constant_dims),
       cmocka_unit_test(test_prepared_distances),   cmocka_unit_test(test_serialize_round_trip),
       cmocka_unit_test(test_corruption_detected),  cmocka_unit_test(test_bad_arguments),
