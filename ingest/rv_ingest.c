@@ -53,7 +53,7 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CONFIRM_TIMEOUT_MS 10000
-#define MAX_UNCONFIRMED 3     /* batches published and not confirmed by Kafka yet */
+#define MAX_UNCONFIRMED 8     /* batches published and not confirmed by Kafka yet (a busy broker acks in bursts) */
 #define STOP_GRACE_MS 10000   /* how long stop keeps retrying a failing batch before leaving it unread */
 #define PROGRESS_EVERY_MS 5000
 
@@ -614,6 +614,12 @@ static int finish_flight(rv_ingest_t *in) {
 static void write_batch(rv_ingest_t *in) {
   rv_batch_t *b = &in->batch;
   if (!b->n_messages) return;
+  if (rv_pgwriter_in_flight(in->pg) && rv_quant_loaded(in->quant)) {
+    /* While PostgreSQL still writes the batch before it: the codes (a failure
+     * here shows again in write_batch_once, which handles it). */
+    char e[256];
+    (void)rv_quant_encode_batch(in->quant, in->pg, b, e, sizeof e);
+  }
   if (finish_flight(in)) return;   /* dropped with the batch before it */
   if (in->drain) drain_outbox(in); /* older changes of these partitions go out first */
   char e[1024];

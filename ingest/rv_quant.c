@@ -369,7 +369,14 @@ int rv_quant_batch_ready(rv_quant_t *q, rv_pgwriter_t *w, const rv_batch_t *b) {
   return !need_sq8 && !need_pq;
 }
 
+int rv_quant_loaded(const rv_quant_t *q) { return q->sq8 && (!q->pq_m || q->pq); }
+
 rv_err_t rv_quant_encode_batch(rv_quant_t *q, rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_t errstr_size) {
+  /* Already encoded with the loaded quantizers (ahead of time, while the batch before it was being written). */
+  if (b->n_rows && b->n_coded == b->n_rows && rv_quant_loaded(q) && b->sq8_size == (size_t)q->dim &&
+      b->sq8_version == q->version && b->pq_size == (q->pq ? (size_t)q->pq_m : 0) &&
+      (!q->pq || b->pq_version == q->pq_version))
+    return RV_OK;
   b->n_coded = 0;
   b->sq8_size = 0;
   b->pq_size = 0;

@@ -84,6 +84,11 @@ int rv_quant_batch_ready(rv_quant_t *q, rv_pgwriter_t *w, const rv_batch_t *b);
  * PostgreSQL errors as rv_pgwriter's. */
 rv_err_t rv_quant_encode_batch(rv_quant_t *q, rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_t errstr_size);
 
+/* 1 when every quantizer the batches need is loaded: rv_quant_encode_batch
+ * then uses no connection (w may be busy) and encodes a batch once, however
+ * often it is called for it. */
+int rv_quant_loaded(const rv_quant_t *q);
+
 /* The loaded SQ8 quantizer's version, or 0 when none is loaded. */
 int32_t rv_quant_version(const rv_quant_t *q);
 
