@@ -121,12 +121,16 @@ void rv_producer_destroy(rv_producer_t *p, int linger_ms) {
 
 size_t rv_producer_pending(const rv_producer_t *p) { return p->n_msgs; }
 
-/* Hands message i to librdkafka; on a local refusal it stays MSG_FAILED. */
+/* Hands message i to librdkafka; on a local refusal it stays MSG_FAILED.
+ * Without RD_KAFKA_MSG_F_COPY: librdkafka points at our copy of the value,
+ * which is freed only once its delivery report said DELIVERED, or after the
+ * handle that held it was destroyed (a second copy of every 4 KB change cost
+ * a quarter of the time it took to queue a batch's changelog). */
 static void produce(rv_producer_t *p, size_t i) {
   msg_t *m = &p->msgs[i];
   rd_kafka_headers_t *h = m->headers ? rd_kafka_headers_copy(m->headers) : NULL;
   rd_kafka_resp_err_t err = rd_kafka_producev(
-      p->rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+      p->rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(0),
       RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->value, m->value_len), RD_KAFKA_V_HEADERS(h),
       RD_KAFKA_V_OPAQUE((void *)(uintptr_t)(p->base_seq + i)), RD_KAFKA_V_END);
   if (err) {
@@ -171,7 +175,7 @@ rv_err_t rv_producer_send(rv_producer_t *p, const char *topic, const void *key, 
   }
   p->msgs[p->n_msgs++] = m;
   produce(p, p->n_msgs - 1);
-  rd_kafka_poll(p->rk, 0); /* serve delivery reports */
+  if (p->n_msgs % 64 == 0) rd_kafka_poll(p->rk, 0); /* serve delivery reports now and then */
   return RV_OK;
 }
 
