@@ -287,8 +287,13 @@ int main(int argc, char **argv) {
   conf.batch_ms = (int)batch_ms;
   conf.sq8_train = 1000;
   rv_ingest_conf_defaults(&conf);
-  if (getenv("RV_BENCH_KEEP") && !exec_ok(db, "ALTER DATABASE ruvector SET log_min_duration_statement = 20"))
-    return 1;
+  if (getenv("RV_BENCH_KEEP")) { /* RV_BENCH_KEEP=MS: log statements taking MS or more (default 20) */
+    char sql[96];
+    int log_ms = atoi(getenv("RV_BENCH_KEEP"));
+    snprintf(sql, sizeof sql, "ALTER DATABASE ruvector SET log_min_duration_statement = %d",
+             log_ms > 0 || !strcmp(getenv("RV_BENCH_KEEP"), "0") ? log_ms : 20);
+    if (!exec_ok(db, sql)) return 1;
+  }
   if (rv_ingest_migrate(&conf, e, sizeof e)) die("%s", e);
   rv_ingest_t *in = rv_ingest_new(&conf, e, sizeof e);
   if (!in || rv_ingest_start(in, e, sizeof e)) die("%s", e);
