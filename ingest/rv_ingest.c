@@ -13,7 +13,7 @@
  *   3. an async Kafka offset commit (informational: lag tools); send the
  *      outbox records to Kafka without waiting: their confirmation arrives
  *      while the next batch is read and written, and their outbox rows are
- *      deleted once it has. At most MAX_UNCONFIRMED batches wait for it
+ *      deleted once it has. At most conf.max_unconfirmed batches wait for it
  *      (more pause ingest: a changelog outage stops it there); a drain, a
  *      revocation and stop wait for all of them. One idempotent producer
  *      keeps a later batch's records behind an earlier one's per partition.
@@ -53,7 +53,6 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CONFIRM_TIMEOUT_MS 10000
-#define MAX_UNCONFIRMED 8     /* batches published and not confirmed by Kafka yet (a busy broker acks in bursts) */
 #define STOP_GRACE_MS 10000   /* how long stop keeps retrying a failing batch before leaving it unread */
 #define PROGRESS_EVERY_MS 5000
 
@@ -106,6 +105,8 @@ void rv_ingest_conf_defaults(rv_ingest_conf_t *conf) {
   if (conf->batch_ms <= 0) conf->batch_ms = 50;
   if (conf->max_metadata_bytes <= 0) conf->max_metadata_bytes = 65536;
   if (conf->session_timeout_ms <= 0) conf->session_timeout_ms = 10000;
+  /* A busy broker acknowledges in bursts (the in-process mock paused ingest for up to 380 ms behind 3). */
+  if (conf->max_unconfirmed <= 0) conf->max_unconfirmed = 8;
   rv_collection_default_topics(&conf->collection);
 }
 
@@ -473,7 +474,7 @@ static int await_published(rv_ingest_t *in, size_t keep) {
 
 /* Sends the outbox's current publication without waiting for Kafka: its
  * confirmation arrives while the next batch is read and written, and only
- * the delete of its outbox rows waits for it. At most MAX_UNCONFIRMED
+ * the delete of its outbox rows waits for it. At most conf.max_unconfirmed
  * publications stay unconfirmed (await_published). Returns 0, or -1 as
  * await_published. */
 static int publish(rv_ingest_t *in) {
@@ -486,7 +487,7 @@ static int publish(rv_ingest_t *in) {
       rv_outbox_send(in->outbox, in->changelog, in->conf.collection.changelog_topic, e, sizeof e))
     fatal_nomem("changelog");
   poll_published(in);
-  return await_published(in, MAX_UNCONFIRMED);
+  return await_published(in, (size_t)in->conf.max_unconfirmed);
 }
 
 /* Publishes what the outbox holds for the assigned partitions (left by a

@@ -28,6 +28,8 @@ typedef struct rv_ingest_conf {
   int max_metadata_bytes;           /* default 65536 */
   int session_timeout_ms;           /* consumer group session timeout: how soon a dead ingest's
                                        partitions move on (default 10000) */
+  int max_unconfirmed;              /* committed batches whose changelog Kafka has not acknowledged yet
+                                       before ingest pauses for it (default 8) */
   int sq8_train;                    /* SQ8 trained from the first this many vectors (default 1000; rv_quant.h) */
   int sq8_train_wait_ms;            /* ... or from fewer, once the first batch waited this long (default 5000) */
   char sq8_params[512];             /* or read from this SQ8 parameter file ("" = train) */

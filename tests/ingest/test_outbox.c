@@ -114,6 +114,7 @@ static int setup(void **state) {
   T.f.conf.batch_rows = 50;
   T.f.conf.batch_ms = 20;
   T.f.conf.session_timeout_ms = 3000;
+  T.f.conf.max_unconfirmed = 3; /* pauses after a few batches of 50 while the changelog is down */
   T.f.conf.sq8_train = 10; /* batches wait for the SQ8 quantizer's training vectors */
   rv_ingest_conf_defaults(&T.f.conf);
   if (rv_ingest_migrate(&T.f.conf, e, sizeof e)) {
@@ -167,7 +168,8 @@ static void test_commit_does_not_wait_for_the_changelog(void **state) {
   /* A batch commits although none of its changes can be published: they wait
    * in the outbox. Ingest then pauses (no newer change may overtake them). */
   long long rows = wait_some(ROWS_A, 60000);
-  assert_int_equal(rows, query_int(OUTBOX)); /* one change per id, committed with its row */
+  /* One change per id, committed with its row (one statement: one snapshot, while batches keep committing). */
+  assert_int_equal(1, query_int("SELECT ((" ROWS_A ") = (" OUTBOX "))::int"));
   rv_ingest_stats_t s;
   rv_ingest_stats(T.ingest, &s);
   assert_int_equal(0, s.published);
