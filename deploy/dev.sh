@@ -57,7 +57,7 @@ case "${1:-}" in
     (cd build && ctest --output-on-failure --timeout 900 -j2 ${RV_CTEST_ARGS:-})
     # The engine's concurrency claims, checked by ThreadSanitizer: only the
     # tests that exercise them (librdkafka is not TSan-instrumented).
-    tsan=(test_hnsw_concurrency test_attrs test_filter test_replica_concurrency)
+    tsan=(test_hnsw_concurrency test_attrs test_filter test_replica_concurrency test_pgwriter_flight)
     # shellcheck disable=SC2086
     cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRV_SANITIZE=thread ${RV_CMAKE_FLAGS:-} >/dev/null
     cmake --build build-tsan -j"$(nproc)" --target "${tsan[@]}"

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "rv_buf.h"
 #include "rv_log.h"
@@ -58,6 +59,9 @@ struct rv_pgwriter {
   int quit;                /* under mu: destroy asks the thread to exit */
   atomic_int flight_done;  /* the result is in (poll reads it without the lock) */
   rv_err_t flight_err;     /* under mu, read once job is 0 */
+  int flight_fd;           /* a dup of the connection's socket while in flight (-1 otherwise): abandoning a
+                              commit shuts it down, and libpq closing its own fd meanwhile cannot hand the
+                              number to another socket */
   char flight_errstr[512];
 };
 
@@ -117,6 +121,7 @@ rv_pgwriter_t *rv_pgwriter_new(const char *conninfo, int pgbouncer, const char *
   if (!w) goto nomem;
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
+  w->flight_fd = -1;
   w->pgbouncer = pgbouncer;
   w->store_vector = 1;
   snprintf(w->table, sizeof w->table, "%s", table);
@@ -185,9 +190,12 @@ static void await_flight(rv_pgwriter_t *w);
 
 void rv_pgwriter_disconnect(rv_pgwriter_t *w) {
   if (w->in_flight) { /* abandoned: cut the socket under the flight thread, then close once it let go */
-    if (w->conn && PQsocket(w->conn) >= 0) shutdown(PQsocket(w->conn), SHUT_RDWR);
+    if (w->flight_fd >= 0) shutdown(w->flight_fd, SHUT_RDWR);
     await_flight(w);
+    w->in_flight = 0;
   }
+  if (w->flight_fd >= 0) close(w->flight_fd);
+  w->flight_fd = -1;
   if (w->conn) PQfinish(w->conn);
   w->conn = NULL;
   w->in_flight = 0;
@@ -762,6 +770,7 @@ rv_err_t rv_pgwriter_send_commit(rv_pgwriter_t *w, char *errstr, size_t errstr_s
     }
     w->thread_started = 1;
   }
+  w->flight_fd = PQsocket(w->conn) >= 0 ? dup(PQsocket(w->conn)) : -1;
   atomic_store(&w->flight_done, 0);
   w->job = 1;
   pthread_cond_broadcast(&w->cv);
@@ -778,6 +787,8 @@ rv_err_t rv_pgwriter_finish(rv_pgwriter_t *w, char *errstr, size_t errstr_size) 
   if (!w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no commit in flight");
   await_flight(w);
   w->in_flight = 0;
+  if (w->flight_fd >= 0) close(w->flight_fd);
+  w->flight_fd = -1;
   if (w->flight_err) snprintf(errstr, errstr_size, "%s", w->flight_errstr);
   return w->flight_err;
 }
