@@ -177,20 +177,34 @@ const float *rv_sq8_min(const rv_sq8_t *q) { return q->min; }
 const float *rv_sq8_scale(const rv_sq8_t *q) { return q->scale; }
 const float *rv_sq8_l2_weights(const rv_sq8_t *q) { return q->w; }
 
-/* Branch-free, so the compiler vectorizes it (and ingest encodes every row
- * with it); the clones use the widest vectors the CPU has. The same codes as
+/* Branch-free, so the compiler vectorizes it (ingest encodes every row
+ * with it), in AVX-512 / AVX2 copies picked at run time (not target_clones:
+ * an ifunc resolver runs before ThreadSanitizer's runtime is up and crashed
+ * every test linking it). The same codes as
  * !(v > 0) ? 0 : v >= 255 ? 255 : (uint8_t)(v + 0.5): NaN fails v > 0. */
-__attribute__((target_clones("avx512f", "avx2", "default"), optimize("O3", "no-trapping-math"))) void
-rv_sq8_encode(const rv_sq8_t *q, const float *x, uint8_t *code) {
-  const float *restrict min = q->min, *restrict scale = q->scale, *restrict in = x;
-  uint8_t *restrict out = code;
-  int dim = q->dim;
-  for (int i = 0; i < dim; i++) {
-    double v = ((double)in[i] - min[i]) / scale[i];
-    v = v > 0 ? v : 0;
-    v = v < 255 ? v : 255;
-    out[i] = (uint8_t)(int)(v + 0.5);
+#define SQ8_ENCODE_LOOP                                                  \
+  for (int i = 0; i < dim; i++) {                                        \
+    double v = ((double)in[i] - min[i]) / scale[i];                     \
+    v = v > 0 ? v : 0;                                                   \
+    v = v < 255 ? v : 255;                                               \
+    out[i] = (uint8_t)(int)(v + 0.5);                                    \
   }
+#define SQ8_ENCODE_ARGS \
+  const float *restrict min, const float *restrict scale, const float *restrict in, uint8_t *restrict out, int dim
+
+__attribute__((target("avx512f"), optimize("O3", "no-trapping-math"))) static void sq8_encode_avx512(
+    SQ8_ENCODE_ARGS) {
+  SQ8_ENCODE_LOOP
+}
+__attribute__((target("avx2"), optimize("O3", "no-trapping-math"))) static void sq8_encode_avx2(SQ8_ENCODE_ARGS) {
+  SQ8_ENCODE_LOOP
+}
+__attribute__((optimize("O3", "no-trapping-math"))) static void sq8_encode_base(SQ8_ENCODE_ARGS) { SQ8_ENCODE_LOOP }
+
+void rv_sq8_encode(const rv_sq8_t *q, const float *x, uint8_t *code) {
+  if (__builtin_cpu_supports("avx512f")) sq8_encode_avx512(q->min, q->scale, x, code, q->dim);
+  else if (__builtin_cpu_supports("avx2")) sq8_encode_avx2(q->min, q->scale, x, code, q->dim);
+  else sq8_encode_base(q->min, q->scale, x, code, q->dim);
 }
 
 void rv_sq8_decode(const rv_sq8_t *q, const uint8_t *code, float *x) {
