@@ -12,6 +12,7 @@
 
 #include "rv_broker.h"
 #include "rv_index_bench.h"
+#include "rv_malloc.h"
 #include "rv_ingest_cmd.h"
 #include "rv_produce.h"
 #include "rv_runner.h"
@@ -145,6 +146,8 @@ int main(int argc, char **argv) {
     return argc < 2 ? EX_USAGE : 0;
   }
   const char *cmd = argv[1];
+  /* The streaming commands churn through tens of megabytes per batch (rv_malloc.h). */
+  if (!strcmp(cmd, "pipeline") || !strcmp(cmd, "broker") || !strcmp(cmd, "ingest")) rv_malloc_tune();
   if (!strcmp(cmd, "pipeline")) return cmd_pipeline(argc - 1, argv + 1);
   if (!strcmp(cmd, "broker")) return cmd_broker(argc - 1, argv + 1);
   if (!strcmp(cmd, "ingest")) return rv_ingest_cmd_main(argc - 1, argv + 1);

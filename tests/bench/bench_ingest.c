@@ -29,6 +29,7 @@
 #include "rv_embedded.h"
 #include "rv_ingest.h"
 #include "rv_log.h"
+#include "rv_malloc.h"
 #include "rv_pgschema.h"
 #include "rv_record.h"
 #include "rv_source.h"
@@ -186,6 +187,8 @@ static double raw_copy(PGconn *c, const char *table, const rows_t *rows, const r
 }
 
 int main(int argc, char **argv) {
+  /* As `ruvector ingest` and `ruvector pipeline run` do (rv_malloc.h); the raw COPY's client is not affected. */
+  int tuned = rv_malloc_tune();
   long n_want = 60000, batch_rows = 5000, batch_ms = 50, timeout_s = 300, partitions = 0, rounds = 5;
   const char *images = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz";
   for (int i = 1; i < argc; i++) {
@@ -307,8 +310,9 @@ int main(int argc, char **argv) {
   for (int i = 0; i < argc; i++) printf(" %s", argv[i]);
   PGresult *r = PQexec(db, "SELECT current_setting('synchronous_commit'), current_setting('fsync')");
   printf("\n  settings:       batch_rows %ld, batch_ms %ld, %ld topic partitions, synchronous_commit=%s, fsync=%s, "
-         "%ld rounds\n",
-         batch_rows, batch_ms, partitions, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), rounds);
+         "%ld rounds, malloc %s\n",
+         batch_rows, batch_ms, partitions, PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), rounds,
+         tuned ? "tuned (rv_malloc_tune)" : "as GLIBC_TUNABLES sets it");
   PQclear(r);
   double ratios[64], ingest_rates[64], raw_rates[64];
   for (long round = 0; round < rounds; round++) {
