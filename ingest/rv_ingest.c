@@ -71,7 +71,7 @@ struct rv_ingest {
   int started, joined;
   atomic_int stop;
 
-  _Atomic uint64_t consumed, ingested, dead_lettered, batches, retries, lost, published, drained;
+  _Atomic uint64_t consumed, ingested, changes, dead_lettered, batches, retries, lost, published, drained;
 
   /* Owned by the consumer thread once started. */
   rd_kafka_t *consumer;
@@ -569,6 +569,7 @@ pg_failed:
  * Kafka commit, then b's changelog (strictly after the COMMIT). Clears b. */
 static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us) {
   atomic_fetch_add(&in->ingested, b->n_accepted);
+  atomic_fetch_add(&in->changes, b->n_rows);
   atomic_fetch_add(&in->dead_lettered, b->n_rejected);
   rv_ingest_metrics_committed(&in->metrics, b->n_accepted, (double)(rv_mono_us() - started_us) / 1e6);
   atomic_fetch_add(&in->batches, 1);
@@ -907,6 +908,7 @@ void rv_ingest_destroy(rv_ingest_t *in) {
 void rv_ingest_stats(rv_ingest_t *in, rv_ingest_stats_t *out) {
   out->consumed = atomic_load(&in->consumed);
   out->ingested = atomic_load(&in->ingested);
+  out->changes = atomic_load(&in->changes);
   out->dead_lettered = atomic_load(&in->dead_lettered);
   out->batches = atomic_load(&in->batches);
   out->retries = atomic_load(&in->retries);

@@ -50,6 +50,8 @@ typedef struct rv_ingest_stats {
   uint64_t consumed;      /* records read from Kafka */
   uint64_t ingested;      /* records committed to PostgreSQL */
   uint64_t dead_lettered; /* records sent to the DLQ */
+  uint64_t changes;       /* changes committed: rows written (a batch keeps one per id, so a record
+                             replaced later in its batch is ingested but is no change of its own) */
   uint64_t batches;       /* committed transactions */
   uint64_t retries;       /* retried PostgreSQL or Kafka operations */
   uint64_t lost;          /* source offsets deleted from the log before ingest read them */
