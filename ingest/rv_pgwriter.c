@@ -651,19 +651,12 @@ static rv_err_t write_offsets(rv_pgwriter_t *w, const rv_batch_t *b, char *errst
   return err;
 }
 
-rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
-                           size_t errstr_size) {
-  *outcome = RV_PGW_APPLIED;
+rv_err_t rv_pgwriter_apply_rows(rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_t errstr_size) {
   if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
   if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
   if (!b->n_pos) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "empty batch");
   rv_err_t err = rv_pg_exec(w->conn, "BEGIN", NULL, errstr, errstr_size);
   if (!err && w->pgbouncer) err = rv_pg_exec(w->conn, w->stage_sql, NULL, errstr, errstr_size);
-  if (!err) err = fence(w, b, outcome, errstr, errstr_size);
-  if (!err && *outcome == RV_PGW_ALREADY) {
-    rv_pgwriter_rollback(w);
-    return RV_OK;
-  }
   w->n_new = 0;
   if (!err && b->n_rows) {
     err = pin_rows(w, b, &w->n_new, w->now_be, errstr, errstr_size);
@@ -673,9 +666,36 @@ rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *ou
     if (!err && w->n_new && encode_new(&w->copy, b, w->is_new, w->store_vector, w->now_be))
       err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
   }
+  if (err) rv_pgwriter_rollback(w);
+  return err;
+}
+
+rv_err_t rv_pgwriter_apply_offsets(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
+                                   size_t errstr_size) {
+  *outcome = RV_PGW_APPLIED;
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
+  if (!w->conn || PQtransactionStatus(w->conn) != PQTRANS_INTRANS)
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no batch transaction open (apply_rows first)");
+  rv_err_t err = fence(w, b, outcome, errstr, errstr_size);
+  if (!err && *outcome == RV_PGW_ALREADY) {
+    rv_pgwriter_rollback(w);
+    return RV_OK;
+  }
   if (!err) err = write_offsets(w, b, errstr, errstr_size);
   if (err) rv_pgwriter_rollback(w);
   return err;
+}
+
+rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
+                           size_t errstr_size) {
+  *outcome = RV_PGW_APPLIED;
+  rv_err_t err = rv_pgwriter_apply_rows(w, b, errstr, errstr_size);
+  return err ? err : rv_pgwriter_apply_offsets(w, b, outcome, errstr, errstr_size);
+}
+
+int rv_pgwriter_idle(const rv_pgwriter_t *w) {
+  return !w->in_flight && w->conn && PQstatus(w->conn) == CONNECTION_OK &&
+         PQtransactionStatus(w->conn) == PQTRANS_IDLE;
 }
 
 /* The end of the batch transaction, as one simple query: the new ids' rows

@@ -3,13 +3,16 @@
 /* Writes ingest batches to PostgreSQL, together with the consumed offsets,
  * in one transaction per batch:
  *
+ *   rv_pgwriter_apply_rows:
  *   BEGIN
- *   lock the batch's rv_offsets rows and compare them with what the batch
- *     expects (fencing: a consumer that lost its partitions cannot commit)
  *   pin the batch's ids in <c>_ids (ON CONFLICT DO NOTHING RETURNING: the
- *     ids returned are new)
+ *     ids returned are new; an id another open transaction pinned waits for it)
  *   only for ids seen before: COPY their rows into a temporary staging table
  *     and upsert them into <c> (ON CONFLICT (id, created_at))
+ *   encode the COPY data of the new ids' rows (in memory)
+ *   rv_pgwriter_apply_offsets:
+ *   lock the batch's rv_offsets rows and compare them with what the batch
+ *     expects (fencing: a consumer that lost its partitions cannot commit)
  *   upsert rv_offsets (next offset per partition; compare-and-set on the
  *     offsets the batch expects, so a concurrent first insert is fenced too)
  *   ... the caller adds the batch's changelog records to the outbox ...
@@ -23,6 +26,13 @@
  * Every check that can fence the batch off runs before the final query, so
  * that query can only fail as a whole (COPY error, lost connection), never
  * commit a fenced batch.
+ *
+ * The rows part takes no lock the transaction before it (on another writer)
+ * still needs once its final query is in flight, and the fence comes after
+ * it: so ingest runs apply_rows of batch N+1 on a second writer while batch
+ * N's COPY and COMMIT are in flight on the first, and the fence of N+1 once
+ * N's outcome is known. PostgreSQL then goes from N's COMMIT to N+1's COPY
+ * after three short statements, instead of after N+1's whole preparation.
  *
  * Named prepared statements on direct connections, unnamed ones only in
  * pgbouncer mode (PgBouncer's transaction pooling cannot keep prepared
@@ -90,6 +100,18 @@ typedef enum {
  * with rv_err_is_retriable; RV_ERR_UNAVAILABLE means reconnect). */
 rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
                            size_t errstr_size);
+/* rv_pgwriter_apply in two parts (see the top): apply_rows opens the
+ * transaction and writes the rows (errors roll it back; nothing is fenced
+ * yet), apply_offsets fences and stores the offsets as apply does (same
+ * outcomes and errors). Between them the connection is inside the batch
+ * transaction: use it for nothing else. */
+rv_err_t rv_pgwriter_apply_rows(rv_pgwriter_t *w, rv_batch_t *b, char *errstr, size_t errstr_size);
+rv_err_t rv_pgwriter_apply_offsets(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *outcome, char *errstr,
+                                   size_t errstr_size);
+/* 1 when connected, nothing in flight and no transaction open: free for
+ * statements of its own (autocommit). */
+int rv_pgwriter_idle(const rv_pgwriter_t *w);
+
 /* Commits the transaction apply left open: rv_pgwriter_send_commit, then
  * rv_pgwriter_finish. On failure the outcome is unknown when the error is
  * RV_ERR_UNAVAILABLE (apply of the same batch tells: it reports

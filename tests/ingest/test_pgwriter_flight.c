@@ -5,7 +5,9 @@
  * ACCESS EXCLUSIVE lock on the collection (poll stays 0, calls that need the
  * connection are refused, finish returns once the lock goes); such a blocked
  * commit abandoned by rollback and by destroy (both return at once, nothing
- * of the batch is stored, the same batch commits afterwards exactly once).
+ * of the batch is stored, the same batch commits afterwards exactly once);
+ * the next batch's rows written on a second writer while a commit is in
+ * flight, then fenced and committed after it.
  * Every wait is on an observable condition with a deadline. No Kafka (no
  * librdkafka client at all: this test also runs under ThreadSanitizer):
  * batches are built directly. */
@@ -140,15 +142,19 @@ static void add_codes(rv_batch_t *b, int32_t version) {
   b->n_coded = b->n_rows;
 }
 
-/* N_ROWS new ids <prefix>-<i> on partitions 0 and 1, first batch of both (no stored offsets). */
-static void make_batch(rv_batch_t *b, const char *prefix) {
+/* N_ROWS new ids <prefix>-<i> on partitions 0 and 1 at offsets base + i / 2,
+ * expecting the stored next offsets to be base (-1: none stored yet). */
+static void make_batch_at(rv_batch_t *b, const char *prefix, int64_t base) {
   char id[64];
   for (int i = 0; i < N_ROWS; i++) {
     snprintf(id, sizeof id, "%s-%d", prefix, i);
-    add_row(b, id, salt_of(i), T.now_ms - i, i % 2, i / 2, -1);
+    add_row(b, id, salt_of(i), T.now_ms - i, i % 2, (base < 0 ? 0 : base) + i / 2, base);
   }
   add_codes(b, CODE_VERSION);
 }
+
+/* The first batch of both partitions (no stored offsets). */
+static void make_batch(rv_batch_t *b, const char *prefix) { make_batch_at(b, prefix, -1); }
 
 /* ---- what PostgreSQL holds, read on the observer connection ---- */
 
@@ -391,6 +397,69 @@ static void test_commit_blocked_by_lock(void **state) {
   rv_batch_close(&other);
 }
 
+/* How ingest overlaps two batches on two writers: batch 2's rows are written
+ * (apply_rows) while batch 1's commit is in flight and held up by a lock;
+ * batch 2 is fenced (apply_offsets) once batch 1 committed, then commits
+ * itself. Both end up stored once, with batch 2's offsets. Fencing batch 2
+ * before batch 1 is finished would block on its offset rows: apply_rows
+ * must not (it touches neither rv_offsets nor the locked parent table). */
+static void test_next_batch_rows_while_commit_in_flight(void **state) {
+  (void)state;
+  const char *table = "fl_overlap", *group = "g-overlap";
+  char e[1024];
+  migrate(table);
+  rv_batch_t b1, b2;
+  rv_batch_init(&b1);
+  rv_batch_init(&b2);
+  make_batch(&b1, "ov1");
+  make_batch_at(&b2, "ov2", NEXT_OFFSET);
+  rv_pgwriter_t *w1 = writer_for(table, group, &b1), *w2 = writer_for(table, group, &b2);
+  int pid1 = PQbackendPID(rv_pgwriter_conn(w1));
+  PGconn *locker = lock_table(table);
+
+  apply_new(w1, &b1);
+  if (rv_pgwriter_send_commit(w1, e, sizeof e)) fail_msg("send_commit 1: %s", e);
+  await_lock_wait(pid1, table, PQbackendPID(locker));
+  assert_int_equal(0, rv_pgwriter_poll(w1));
+  /* Batch 2's rows, while batch 1 waits: returns, batch 1 still in flight. */
+  if (rv_pgwriter_apply_rows(w2, &b2, e, sizeof e)) fail_msg("apply_rows 2: %s", e);
+  assert_int_equal(0, rv_pgwriter_idle(w2)); /* inside its transaction */
+  assert_int_equal(1, rv_pgwriter_in_flight(w1));
+  assert_int_equal(0, rv_pgwriter_poll(w1));
+  for (size_t i = 0; i < b2.n_rows; i++) assert_int_equal(b2.rows[i].pin_ms, b2.rows[i].created_at_ms); /* all new */
+  assert_int_equal(0, ids_pinned(table, "ov2")); /* not visible before its commit */
+
+  unlock_table(locker);
+  await_poll(w1);
+  if (rv_pgwriter_finish(w1, e, sizeof e)) fail_msg("finish 1: %s", e);
+  assert_batch_stored(table, "ov1", group);
+  assert_int_equal(1, rv_pgwriter_idle(w1));
+  rv_pgw_outcome_t out = RV_PGW_ALREADY;
+  if (rv_pgwriter_apply_offsets(w2, &b2, &out, e, sizeof e)) fail_msg("apply_offsets 2: %s", e);
+  assert_int_equal(RV_PGW_APPLIED, out);
+  rv_batch_clear(&b2);
+  if (rv_pgwriter_commit(w2, e, sizeof e)) fail_msg("commit 2: %s", e);
+  assert_int_equal(1, rv_pgwriter_idle(w2));
+  assert_int_equal(N_ROWS, rows_stored(table, "ov2"));
+  assert_int_equal(N_ROWS, ids_pinned(table, "ov2"));
+  assert_int_equal(N_ROWS, rows_stored(table, "ov1"));
+  for (int p = 0; p < 2; p++)
+    assert_int_equal(2 * NEXT_OFFSET, query_int("SELECT next_offset FROM rv_offsets WHERE consumer_group = '%s' "
+                                                "AND topic = '" TOPIC "' AND partition = %d",
+                                                group, p));
+  /* apply_offsets without apply_rows is refused; the same batch 2 again is found committed. */
+  make_batch_at(&b2, "ov2", NEXT_OFFSET);
+  assert_int_equal(RV_ERR_INVALID, rv_pgwriter_apply_offsets(w1, &b2, &out, e, sizeof e));
+  out = RV_PGW_APPLIED;
+  if (rv_pgwriter_apply(w1, &b2, &out, e, sizeof e)) fail_msg("apply 2 again: %s", e);
+  assert_int_equal(RV_PGW_ALREADY, out);
+  assert_int_equal(1, rv_pgwriter_idle(w1));
+  rv_pgwriter_destroy(w1);
+  rv_pgwriter_destroy(w2);
+  rv_batch_close(&b1);
+  rv_batch_close(&b2);
+}
+
 /* A blocked commit abandoned by rollback: returns at once, nothing stored, the batch then commits exactly once. */
 static void test_rollback_blocked_commit(void **state) {
   (void)state;
@@ -473,6 +542,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_commit_in_flight),
       cmocka_unit_test(test_commit_blocked_by_lock),
+      cmocka_unit_test(test_next_batch_rows_while_commit_in_flight),
       cmocka_unit_test(test_rollback_blocked_commit),
       cmocka_unit_test(test_destroy_blocked_commit),
   };
