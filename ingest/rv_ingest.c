@@ -8,10 +8,15 @@
  *      changelog records in the outbox (rv_outbox.h); COMMIT. Its last part
  *      (the new rows' COPY and the COMMIT) is sent without waiting: the next
  *      batch is read while PostgreSQL writes it, and its result is read
- *      (finish_flight) before anything else uses the connection or depends
- *      on the stored offsets; 3 waits for it;
+ *      (finish_flight) before anything else depends on the stored offsets;
+ *      3 waits for it. Two connections take turns: the next batch's rows are
+ *      written (rv_pgwriter_apply_rows) on the other one while this COMMIT
+ *      is in flight, and its fence, offsets and outbox rows follow once this
+ *      one's outcome is in, so PostgreSQL goes from one COMMIT to the next
+ *      COPY after three short statements;
  *   3. an async Kafka offset commit (informational: lag tools); send the
- *      outbox records to Kafka without waiting: their confirmation arrives
+ *      outbox records to Kafka without waiting (when the next batch is ready
+ *      by then, right after its COMMIT was sent): their confirmation arrives
  *      while the next batch is read and written, and their outbox rows are
  *      deleted once it has. At most conf.max_unconfirmed batches wait for it
  *      (more pause ingest: a changelog outage stops it there); a drain, a
@@ -76,7 +81,11 @@ struct rv_ingest {
   /* Owned by the consumer thread once started. */
   rd_kafka_t *consumer;
   rv_producer_t *dlq, *changelog;
-  rv_pgwriter_t *pg;
+  /* Two writers (connections): a batch's rows are written on one while the
+   * batch before it commits on the other (write_batch_once); at most one is
+   * in flight, and outside write_batch_once neither holds an open transaction. */
+  rv_pgwriter_t *pg[2];
+  int pg_turn;             /* the writer the next batch uses (never the one in flight) */
   rv_outbox_t *outbox;
   rv_quant_t *quant; /* the SQ8 quantizer and the batch codes */
   rv_codec_t *codec;
@@ -96,6 +105,8 @@ struct rv_ingest {
   int reseek; /* the batch was dropped: rewind the assignment to the stored offsets */
   int drain;  /* publish what the outbox holds for the assigned partitions before anything newer */
   int gave_up; /* stopping, and Kafka stayed away: publish no more, leave it all in the outbox */
+  int publish_owed; /* a committed batch's changes wait in the outbox's current publication until the next
+                       batch's COMMIT is sent (write_batch_once) */
   int64_t progress_at;
   uint64_t progress_consumed, progress_ingested, progress_dead;
 };
@@ -177,6 +188,29 @@ static assigned_t *find_assigned(rv_ingest_t *in, int32_t partition) {
   return NULL;
 }
 
+/* The writer whose COMMIT is in flight, or NULL. */
+static rv_pgwriter_t *flight_pg(rv_ingest_t *in) {
+  for (int i = 0; i < 2; i++)
+    if (rv_pgwriter_in_flight(in->pg[i])) return in->pg[i];
+  return NULL;
+}
+
+/* A writer free for statements of its own: not in flight and not inside a
+ * batch transaction (connected or not); NULL when there is none (inside
+ * write_batch_once, one is in flight and the other in the next batch's
+ * transaction). */
+static rv_pgwriter_t *free_pg(rv_ingest_t *in) {
+  for (int i = 0; i < 2; i++)
+    if (rv_pgwriter_idle(in->pg[i])) return in->pg[i];
+  for (int i = 0; i < 2; i++) {
+    PGconn *c = rv_pgwriter_conn(in->pg[i]);
+    if (!rv_pgwriter_in_flight(in->pg[i]) && (!c || PQtransactionStatus(c) == PQTRANS_IDLE ||
+                                              PQstatus(c) != CONNECTION_OK))
+      return in->pg[i];
+  }
+  return NULL;
+}
+
 static _Noreturn void fatal_nomem(const char *what) {
   /* Nothing was committed, so the records are re-read after a restart. */
   rv_error(LOG, "out of memory (%s); aborting", what);
@@ -184,17 +218,20 @@ static _Noreturn void fatal_nomem(const char *what) {
 }
 
 static int finish_flight(rv_ingest_t *in);
+static int finish_flight_ex(rv_ingest_t *in, int defer_publish);
+static void publish_committed(rv_ingest_t *in);
 
 /* Connects to PostgreSQL and reads the stored offsets of partitions[0..n),
  * retrying with backoff. Returns 0, or -1 if stop was requested first. */
 static int read_offsets(rv_ingest_t *in, const int32_t *partitions, int64_t *next, size_t n) {
   char e[512];
   finish_flight(in);
+  rv_pgwriter_t *w = free_pg(in); /* both are, once nothing is in flight */
   for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
-    rv_err_t err = rv_pgwriter_connect(in->pg, e, sizeof e);
-    if (!err) err = rv_pgwriter_read_offsets(in->pg, partitions, next, n, e, sizeof e);
+    rv_err_t err = rv_pgwriter_connect(w, e, sizeof e);
+    if (!err) err = rv_pgwriter_read_offsets(w, partitions, next, n, e, sizeof e);
     if (!err) return 0;
-    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(w);
     atomic_fetch_add(&in->retries, 1);
     rv_counter_add(in->metrics.retries_pg, 1);
     rv_warn(LOG, "%s: reading stored offsets: %s (retrying in %d ms)", in->conf.collection.name, e, backoff);
@@ -351,7 +388,7 @@ static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, const char *why)
   rv_warn(LOG, "%s: %s [%d] @%lld: %s (pausing %d ms; the record is read again, not dead-lettered)",
           in->conf.collection.name, in->conf.collection.source_topic, (int)m->partition, (long long)m->offset, why,
           in->registry_backoff);
-  if (rv_quant_batch_ready(in->quant, in->pg, &in->batch)) write_batch(in);
+  if (rv_quant_batch_ready(in->quant, in->pg[in->pg_turn], &in->batch)) write_batch(in);
   else drop_batch(in, "the schema registry is unreachable");
   in->reseek = 1;
   nap(in, in->registry_backoff);
@@ -410,14 +447,16 @@ static void forget_confirmed(rv_ingest_t *in) {
   size_t n = rv_outbox_unconfirmed(in->outbox);
   if (!n || rv_outbox_mark(in->outbox, 0) > rv_producer_confirmed(in->changelog)) return;
   /* A failed delete is retried before the next drain; until then a drain would publish them once more.
-   * While a commit is in flight the connection is busy: the delete waits for the next confirmation. */
-  int busy = rv_pgwriter_in_flight(in->pg);
-  PGconn *c = busy || rv_pgwriter_connect(in->pg, e, sizeof e) ? NULL : rv_pgwriter_conn(in->pg);
+   * When no writer is free (one in flight, the other in a batch transaction) the delete waits for the
+   * next confirmation. */
+  rv_pgwriter_t *w = free_pg(in);
+  int busy = !w;
+  PGconn *c = busy || rv_pgwriter_connect(w, e, sizeof e) ? NULL : rv_pgwriter_conn(w);
   size_t n_recs = 0;
   rv_err_t err = rv_outbox_confirmed(in->outbox, rv_producer_confirmed(in->changelog), c, &n_recs, e, sizeof e);
   atomic_fetch_add(&in->published, n_recs);
   if (err && !(busy && err == RV_ERR_UNAVAILABLE)) {
-    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+    if (err == RV_ERR_UNAVAILABLE && w) rv_pgwriter_disconnect(w);
     rv_warn(LOG, "%s: deleting published changes from the outbox: %s (retried later)", in->conf.collection.name, e);
   }
 }
@@ -502,13 +541,14 @@ static void drain_outbox(rv_ingest_t *in) {
   int32_t *parts = calloc(in->n_assigned + 1, sizeof *parts);
   if (!parts) fatal_nomem("drain");
   for (size_t i = 0; i < in->n_assigned; i++) parts[i] = in->assigned[i].partition;
+  rv_pgwriter_t *w = free_pg(in); /* nothing is in flight */
   for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
     /* Deletes owed by earlier publications first, so nothing already confirmed is published again. */
-    rv_err_t err = rv_pgwriter_connect(in->pg, e, sizeof e);
-    if (!err) err = rv_outbox_forget(in->outbox, rv_pgwriter_conn(in->pg), e, sizeof e);
-    if (!err) err = rv_outbox_load(in->outbox, rv_pgwriter_conn(in->pg), in->codec, parts, in->n_assigned, e, sizeof e);
+    rv_err_t err = rv_pgwriter_connect(w, e, sizeof e);
+    if (!err) err = rv_outbox_forget(in->outbox, rv_pgwriter_conn(w), e, sizeof e);
+    if (!err) err = rv_outbox_load(in->outbox, rv_pgwriter_conn(w), in->codec, parts, in->n_assigned, e, sizeof e);
     if (!err) break;
-    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
+    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(w);
     atomic_fetch_add(&in->retries, 1);
     rv_counter_add(in->metrics.retries_pg, 1);
     rv_warn(LOG, "%s: reading the outbox: %s (retrying in %d ms)", in->conf.collection.name, e, backoff);
@@ -527,32 +567,54 @@ static void drain_outbox(rv_ingest_t *in) {
   else in->drain = 1;
 }
 
-/* One attempt. Returns RV_OK when the batch's COMMIT is sent (in flight:
- * finish_flight reads its outcome) or the batch is known to have been
- * committed, RV_ERR_STATE when it was fenced off, another error to retry. On
- * RV_OK the outbox's current publication holds the batch's changes (empty
- * when an earlier attempt's COMMIT is the one that went through: in->drain
- * is set then, and the drain publishes them from the table). */
+/* write_batch_once's result when the batch before this one failed to commit:
+ * both were dropped (finish_flight), nothing is left to write. */
+#define DROPPED 1
+
+/* One attempt, on the writer whose turn it is. If the batch before is still
+ * in flight on the other writer, this batch's rows are written (its
+ * transaction open, not fenced yet) while PostgreSQL commits that one; then
+ * its outcome is read (finish_flight: bookkeeping and changelog), and only
+ * then are this batch's offsets fenced and stored, so a fence always sees
+ * the batch before it committed or failed. Returns RV_OK when the batch's
+ * COMMIT is sent (in flight: finish_flight reads its outcome) or the batch is
+ * known to have been committed, DROPPED as above, RV_ERR_STATE when it was
+ * fenced off, another error to retry. On RV_OK the outbox's current
+ * publication holds the batch's changes (empty when an earlier attempt's
+ * COMMIT is the one that went through: in->drain is set then, and the drain
+ * publishes them from the table). */
 static rv_err_t write_batch_once(rv_ingest_t *in, char *e, size_t es) {
   rv_batch_t *b = &in->batch;
+  rv_pgwriter_t *w = in->pg[in->pg_turn];
   rv_err_t err = rv_producer_confirm(in->dlq, CONFIRM_TIMEOUT_MS, e, es);
   if (err) return err;
   rv_pgw_outcome_t outcome = RV_PGW_APPLIED;
-  if ((err = rv_pgwriter_connect(in->pg, e, es)) || (err = rv_pgwriter_prepare_partitions(in->pg, b, e, es)) ||
-      (err = rv_quant_encode_batch(in->quant, in->pg, b, e, es)) || (err = rv_pgwriter_apply(in->pg, b, &outcome, e, es)))
+  if ((err = rv_pgwriter_connect(w, e, es)) || (err = rv_pgwriter_prepare_partitions(w, b, e, es)) ||
+      (err = rv_quant_encode_batch(in->quant, w, b, e, es)) || (err = rv_pgwriter_apply_rows(w, b, e, es)))
     goto pg_failed;
-  if (outcome == RV_PGW_ALREADY) {
+  /* Its changes are published once this batch's COMMIT is on its way, when
+   * staging this batch leaves them alone (ranges mode). */
+  if (flight_pg(in) && finish_flight_ex(in, rv_outbox_stage_keeps_current(in->outbox))) {
+    rv_pgwriter_rollback(w); /* dropped this batch too */
+    return DROPPED;
+  }
+  err = rv_pgwriter_apply_offsets(w, b, &outcome, e, es);
+  if (!err && outcome == RV_PGW_ALREADY) {
+    if (in->publish_owed) publish_committed(in);
     rv_info(LOG, "%s: batch found committed by an earlier attempt; its changes are in the outbox",
             in->conf.collection.name);
     rv_outbox_clear(in->outbox);
     in->drain = 1;
     return RV_OK;
   }
-  if ((err = rv_outbox_stage_rows(in->outbox, rv_pgwriter_conn(in->pg), in->codec, b, e, es)) ||
-      (err = rv_pgwriter_send_commit(in->pg, e, es))) {
+  if (!err) err = rv_outbox_stage_rows(in->outbox, rv_pgwriter_conn(w), in->codec, b, e, es);
+  if (!err) err = rv_pgwriter_send_commit(w, e, es);
+  if (in->publish_owed) publish_committed(in); /* the batch before, whatever became of this one */
+  if (err) {
     rv_outbox_clear(in->outbox);
     goto pg_failed;
   }
+  in->pg_turn ^= 1; /* the next batch's rows go to the other writer while this one commits */
   /* While PostgreSQL takes the COPY: the changes to publish once it commits. */
   if (rv_outbox_encode(in->outbox, in->codec, b, e, es)) {
     rv_warn(LOG, "%s: encoding the batch's changes: %s (the drain publishes them from the table)",
@@ -561,13 +623,24 @@ static rv_err_t write_batch_once(rv_ingest_t *in, char *e, size_t es) {
   }
   return RV_OK;
 pg_failed:
-  if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg); /* reconnect on the next attempt */
+  if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(w); /* reconnect on the next attempt */
+  else rv_pgwriter_rollback(w);
   return err;
 }
 
+/* The changes of the batch committed last go out now (strictly after its
+ * COMMIT). An unfinished drain means older changes are still in the outbox:
+ * these wait there too, so they go out in order. */
+static void publish_committed(rv_ingest_t *in) {
+  in->publish_owed = 0;
+  if (in->drain) rv_outbox_clear(in->outbox);
+  else publish(in);
+}
+
 /* Bookkeeping once b's COMMIT is confirmed: counters, the informational
- * Kafka commit, then b's changelog (strictly after the COMMIT). Clears b. */
-static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us) {
+ * Kafka commit, then b's changelog, unless defer_publish leaves that to the
+ * caller (publish_committed). Clears b. */
+static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us, int defer_publish) {
   atomic_fetch_add(&in->ingested, b->n_accepted);
   atomic_fetch_add(&in->changes, b->n_rows);
   atomic_fetch_add(&in->dead_lettered, b->n_rejected);
@@ -575,10 +648,8 @@ static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us) 
   atomic_fetch_add(&in->batches, 1);
   commit_kafka_offsets(in, b);
   rv_batch_clear(b);
-  /* Committed. An unfinished drain means older changes are still in the
-   * outbox: this batch's wait there too, so they go out in order. */
-  if (in->drain) rv_outbox_clear(in->outbox);
-  else publish(in);
+  if (defer_publish) in->publish_owed = 1;
+  else publish_committed(in);
 }
 
 /* Reads the outcome of the batch whose COMMIT is in flight, if any, waiting
@@ -588,17 +659,22 @@ static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us) 
  * offsets assumed this one's), after a pause that grows while PostgreSQL
  * keeps failing; a drain follows, in case a COMMIT whose reply was lost went
  * through. Returns 0 when committed or nothing was in flight, -1 otherwise. */
-static int finish_flight(rv_ingest_t *in) {
-  if (!rv_pgwriter_in_flight(in->pg)) return 0;
+static int finish_flight(rv_ingest_t *in) { return finish_flight_ex(in, 0); }
+
+/* finish_flight; with defer_publish, a committed batch's changes are left
+ * for publish_committed. */
+static int finish_flight_ex(rv_ingest_t *in, int defer_publish) {
+  rv_pgwriter_t *w = flight_pg(in);
+  if (!w) return 0;
   char e[1024];
-  rv_err_t err = rv_pgwriter_finish(in->pg, e, sizeof e);
+  rv_err_t err = rv_pgwriter_finish(w, e, sizeof e);
   if (!err) {
     in->finish_backoff = 0;
-    batch_committed(in, &in->flight, in->flight_started_us);
+    batch_committed(in, &in->flight, in->flight_started_us, defer_publish);
     return 0;
   }
-  if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(in->pg);
-  else rv_pgwriter_rollback(in->pg);
+  if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(w);
+  else rv_pgwriter_rollback(w);
   rv_outbox_clear(in->outbox);
   in->drain = 1;
   atomic_fetch_add(&in->retries, 1);
@@ -616,25 +692,27 @@ static int finish_flight(rv_ingest_t *in) {
 static void write_batch(rv_ingest_t *in) {
   rv_batch_t *b = &in->batch;
   if (!b->n_messages) return;
-  if (rv_pgwriter_in_flight(in->pg) && rv_quant_loaded(in->quant)) {
+  if (flight_pg(in) && rv_quant_loaded(in->quant)) {
     /* While PostgreSQL still writes the batch before it: the codes (a failure
      * here shows again in write_batch_once, which handles it). */
     char e[256];
-    (void)rv_quant_encode_batch(in->quant, in->pg, b, e, sizeof e);
+    (void)rv_quant_encode_batch(in->quant, in->pg[in->pg_turn], b, e, sizeof e);
   }
-  if (finish_flight(in)) return;   /* dropped with the batch before it */
-  if (in->drain) drain_outbox(in); /* older changes of these partitions go out first */
+  if (in->drain) { /* older changes of these partitions go out first */
+    if (finish_flight(in)) return; /* dropped with the batch before it */
+    drain_outbox(in);
+  }
   char e[1024];
   int64_t stop_seen = 0, started_us = rv_mono_us();
   for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
     rv_err_t err = write_batch_once(in, e, sizeof e);
     if (!err) break;
+    if (err == DROPPED) return;
     if (err == RV_ERR_STATE) {
       rv_warn(LOG, "%s: batch fenced off: %s", in->conf.collection.name, e);
       drop_batch(in, "fenced");
       return;
     }
-    rv_pgwriter_rollback(in->pg);
     atomic_fetch_add(&in->retries, 1);
     /* Dead letters unconfirmed: the DLQ failed (they go first); otherwise PostgreSQL did. */
     rv_counter_add(rv_producer_pending(in->dlq) ? in->metrics.retries_kafka : in->metrics.retries_pg, 1);
@@ -656,8 +734,8 @@ static void write_batch(rv_ingest_t *in) {
     assigned_t *a = find_assigned(in, b->pos[i].partition);
     if (a) a->committed = b->pos[i].next_offset;
   }
-  if (!rv_pgwriter_in_flight(in->pg)) { /* found committed by an earlier attempt */
-    batch_committed(in, b, started_us);
+  if (!flight_pg(in)) { /* found committed by an earlier attempt */
+    batch_committed(in, b, started_us, 0);
     return;
   }
   /* In flight: PostgreSQL writes it while the next batch is read. */
@@ -709,7 +787,8 @@ static void *run(void *arg) {
       timeout = left < 0 ? 0 : (int)left;
       if (!timeout && rv_quant_holding(in->quant)) timeout = 20; /* waiting for vectors to train on */
     }
-    if (rv_pgwriter_in_flight(in->pg) && timeout > 5) timeout = 5; /* notice its end soon */
+    rv_pgwriter_t *fw = flight_pg(in);
+    if (fw && timeout > 5) timeout = 5; /* notice its end soon */
     rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
     if (m) {
       if (!m->err) on_message(in, m);
@@ -718,7 +797,7 @@ static void *run(void *arg) {
       rd_kafka_message_destroy(m);
     }
     /* After the message: a failed commit drops it with the batch it joined (the rewind below re-reads it). */
-    if (rv_pgwriter_in_flight(in->pg) && rv_pgwriter_poll(in->pg)) finish_flight(in);
+    if ((fw = flight_pg(in)) && rv_pgwriter_poll(fw)) finish_flight(in);
     if (in->drain) drain_outbox(in);
     now = rv_mono_ms();
     if (now - in->polled_at >= 10) { /* not per message: it scans the unconfirmed ones */
@@ -727,13 +806,13 @@ static void *run(void *arg) {
     }
     if (in->batch.n_messages &&
         ((int64_t)in->batch.n_messages >= in->conf.batch_rows || now - in->batch.opened_ms >= in->conf.batch_ms) &&
-        rv_quant_batch_ready(in->quant, in->pg, &in->batch)) /* no quantizer yet: the batch grows until one can be trained */
+        rv_quant_batch_ready(in->quant, in->pg[in->pg_turn], &in->batch)) /* no quantizer yet: the batch grows until one can be trained */
       write_batch(in);
     if (in->reseek) rewind_assignment(in);
     if (now - in->progress_at >= PROGRESS_EVERY_MS) log_progress(in, now);
     if (now - in->lag_at >= 1000) update_lag(in, now);
   }
-  if (rv_quant_batch_ready(in->quant, in->pg, &in->batch)) write_batch(in); /* the batch in progress */
+  if (rv_quant_batch_ready(in->quant, in->pg[in->pg_turn], &in->batch)) write_batch(in); /* the batch in progress */
   else drop_batch(in, "too few vectors yet to train the SQ8 quantizer");
   finish_flight(in);
   if (in->drain) drain_outbox(in);
@@ -822,8 +901,10 @@ static void release(rv_ingest_t *in) {
   rv_producer_destroy(in->dlq, 1000);
   rv_producer_destroy(in->changelog, 1000);
   in->dlq = in->changelog = NULL;
-  rv_pgwriter_destroy(in->pg);
-  in->pg = NULL;
+  for (int i = 0; i < 2; i++) {
+    rv_pgwriter_destroy(in->pg[i]);
+    in->pg[i] = NULL;
+  }
   rv_outbox_destroy(in->outbox);
   in->outbox = NULL;
   rv_quant_destroy(in->quant);
@@ -850,8 +931,10 @@ rv_err_t rv_ingest_start(rv_ingest_t *in, char *errstr, size_t errstr_size) {
        !(in->registry = rv_registry_new(in->conf.schema_registry, in->conf.registry_timeout_ms, errstr,
                                         errstr_size))) ||
       !(in->decoder = rv_decoder_new(in->codec, (uint32_t)col->schema_id, in->registry, errstr, errstr_size)) ||
-      !(in->pg = rv_pgwriter_new(in->conf.pg_conninfo, in->conf.pgbouncer, col->name, in->group, col->source_topic,
-                                 errstr, errstr_size)) ||
+      !(in->pg[0] = rv_pgwriter_new(in->conf.pg_conninfo, in->conf.pgbouncer, col->name, in->group,
+                                    col->source_topic, errstr, errstr_size)) ||
+      !(in->pg[1] = rv_pgwriter_new(in->conf.pg_conninfo, in->conf.pgbouncer, col->name, in->group,
+                                    col->source_topic, errstr, errstr_size)) ||
       !(in->outbox = rv_outbox_new(col->name, errstr, errstr_size)) ||
       !(in->quant = rv_quant_new(&(rv_quant_conf_t){col->dim, in->conf.sq8_train, in->conf.sq8_train_wait_ms,
                                                     in->conf.sq8_params, in->conf.pq_m},
@@ -866,7 +949,7 @@ rv_err_t rv_ingest_start(rv_ingest_t *in, char *errstr, size_t errstr_size) {
     release(in);
     goto out;
   }
-  rv_pgwriter_set_store_vector(in->pg, !in->conf.codes_only);
+  for (int i = 0; i < 2; i++) rv_pgwriter_set_store_vector(in->pg[i], !in->conf.codes_only);
   rv_outbox_set_ranges(in->outbox, !in->conf.codes_only); /* ranges re-encode the vector from the table */
   atomic_store(&in->stop, 0);
   if (pthread_create(&in->thread, NULL, run, in)) {

@@ -41,6 +41,8 @@ struct rv_outbox {
   rec_t *recs;    /* the current publication's records, in publishing order */
   size_t n_recs, cap_recs;
   pairs_t cur;    /* (batch, partition) rows of the current publication */
+  pairs_t staged; /* rows rv_outbox_stage_rows inserted, whose records rv_outbox_encode adds to the current
+                     publication (until then the current one can still be sent) */
   pairs_t done;   /* confirmed, not deleted yet */
   sent_t *sent;   /* sent publications, oldest first */
   size_t n_sent, cap_sent;
@@ -130,6 +132,7 @@ void rv_outbox_destroy(rv_outbox_t *o) {
   rv_buf_close(&o->text4);
   free(o->recs);
   free(o->cur.v);
+  free(o->staged.v);
   free(o->done.v);
   rv_outbox_forget_sent(o);
   free(o->sent);
@@ -140,11 +143,16 @@ size_t rv_outbox_count(const rv_outbox_t *o) { return o->n_recs; }
 
 void rv_outbox_set_ranges(rv_outbox_t *o, int on) { o->ranges = on != 0; }
 
-void rv_outbox_clear(rv_outbox_t *o) {
-  o->unencoded = 0;
+static void clear_current(rv_outbox_t *o) {
   rv_buf_reset(&o->data);
   o->n_recs = 0;
   o->cur.n = 0;
+}
+
+void rv_outbox_clear(rv_outbox_t *o) {
+  clear_current(o);
+  o->unencoded = 0;
+  o->staged.n = 0;
 }
 
 static rv_err_t add_rec(rv_outbox_t *o, rec_t r) {
@@ -299,7 +307,7 @@ static rv_err_t encode_ranges(rv_outbox_t *o, rv_codec_t *codec, const rv_batch_
 }
 
 static rv_err_t stage_ranges(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, int encode,
-                             char *errstr, size_t errstr_size) {
+                             pairs_t *into, char *errstr, size_t errstr_size) {
   if (encode) {
     rv_err_t err = encode_ranges(o, codec, b, errstr, errstr_size);
     if (err) return err;
@@ -346,40 +354,57 @@ static rv_err_t stage_ranges(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const
   PGresult *r = PQexecParams(c, sql, 4, NULL, params, NULL, NULL, 0);
   err = rv_pg_check(c, r, "outbox ranges", errstr, errstr_size);
   for (int i = 0; !err && i < PQntuples(r); i++)
-    if (add_pair(&o->cur, strtoll(PQgetvalue(r, i, 0), NULL, 10), (int32_t)atoi(PQgetvalue(r, i, 1))))
+    if (add_pair(into, strtoll(PQgetvalue(r, i, 0), NULL, 10), (int32_t)atoi(PQgetvalue(r, i, 1))))
       err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
   PQclear(r);
   return err;
 }
 
-static rv_err_t stage(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, int encode,
-                      char *errstr, size_t errstr_size) {
+/* Stages b as the current publication, replacing any earlier one. */
+static rv_err_t stage(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
+                      size_t errstr_size) {
   rv_outbox_clear(o);
-  o->unencoded = 0;
   if (!b->n_rows) return RV_OK;
-  rv_err_t err = o->ranges ? stage_ranges(o, c, codec, b, encode, errstr, errstr_size)
+  rv_err_t err = o->ranges ? stage_ranges(o, c, codec, b, 1, &o->cur, errstr, errstr_size)
                            : stage_records(o, c, codec, b, errstr, errstr_size);
   if (err) rv_outbox_clear(o);
-  else o->unencoded = o->ranges && !encode;
   return err;
 }
 
 rv_err_t rv_outbox_stage(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
                          size_t errstr_size) {
-  return stage(o, c, codec, b, 1, errstr, errstr_size);
+  return stage(o, c, codec, b, errstr, errstr_size);
 }
+
+int rv_outbox_stage_keeps_current(const rv_outbox_t *o) { return o->ranges; }
 
 rv_err_t rv_outbox_stage_rows(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
                               size_t errstr_size) {
-  return stage(o, c, codec, b, 0, errstr, errstr_size);
+  if (!o->ranges) return stage(o, c, codec, b, errstr, errstr_size);
+  o->staged.n = 0;
+  o->unencoded = 0;
+  if (!b->n_rows) return RV_OK;
+  rv_err_t err = stage_ranges(o, c, codec, b, 0, &o->staged, errstr, errstr_size);
+  if (err) o->staged.n = 0;
+  else o->unencoded = 1;
+  return err;
 }
 
 rv_err_t rv_outbox_encode(rv_outbox_t *o, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
                           size_t errstr_size) {
   if (!o->unencoded) return RV_OK;
   o->unencoded = 0;
+  size_t data_len = o->data.len, n_recs = o->n_recs, n_pairs = o->cur.n;
   rv_err_t err = encode_ranges(o, codec, b, errstr, errstr_size);
-  if (err) rv_outbox_clear(o);
+  for (size_t i = 0; i < o->staged.n && !err; i++)
+    if (add_pair(&o->cur, o->staged.v[i].batch_id, o->staged.v[i].partition))
+      err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  o->staged.n = 0;
+  if (err) { /* this batch's records only: what was current before stays */
+    o->data.len = data_len;
+    o->n_recs = n_recs;
+    o->cur.n = n_pairs;
+  }
   return err;
 }
 
@@ -604,10 +629,10 @@ rv_err_t rv_outbox_send(rv_outbox_t *o, rv_producer_t *p, const char *topic, cha
                                     r->val_len, NULL, 0, errstr, errstr_size);
     if (err) return err;
   }
-  /* The pairs move to the sent publication; cur starts afresh. */
+  /* The pairs move to the sent publication; cur starts afresh (a staged batch stays staged). */
   o->sent[o->n_sent++] = (sent_t){rv_producer_mark(p), o->n_recs, o->cur};
   o->cur = (pairs_t){0};
-  rv_outbox_clear(o);
+  clear_current(o);
   return RV_OK;
 }
 

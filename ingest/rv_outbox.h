@@ -78,15 +78,21 @@ rv_err_t rv_outbox_stage(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_
                          size_t errstr_size);
 
 /* rv_outbox_stage without encoding the records of a ranges stage (records
- * mode: the same as rv_outbox_stage): the publication stays empty until
- * rv_outbox_encode, which needs no connection, so the encoding can run while
- * the transaction's end is in flight. */
+ * mode: the same as rv_outbox_stage): the outbox rows are inserted, and the
+ * current publication is left as it is (it may still be sent) until
+ * rv_outbox_encode adds the batch's records to it. The encoding needs no
+ * connection, so it can run while the transaction's end is in flight, and
+ * the batch before can be published after this one's COMMIT was sent. */
 rv_err_t rv_outbox_stage_rows(rv_outbox_t *o, PGconn *c, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
                               size_t errstr_size);
+/* 1 when rv_outbox_stage_rows leaves the current publication alone (ranges
+ * mode); 0 when it replaces it (records mode: send the current one first). */
+int rv_outbox_stage_keeps_current(const rv_outbox_t *o);
 /* Encodes the records of the batch b staged by rv_outbox_stage_rows (b's
- * rows and created_at_ms unchanged since) as the current publication; no-op
- * when there is nothing left to encode. On failure the current publication
- * is empty: the records are only in the table then (a drain publishes them). */
+ * rows and created_at_ms unchanged since) and adds them to the current
+ * publication; no-op when there is nothing left to encode. On failure only
+ * b's records are left out: they are only in the table then (a drain
+ * publishes them). */
 rv_err_t rv_outbox_encode(rv_outbox_t *o, rv_codec_t *codec, const rv_batch_t *b, char *errstr,
                           size_t errstr_size);
 
@@ -128,8 +134,8 @@ void rv_outbox_forget_sent(rv_outbox_t *o);
  * RV_ERR_UNAVAILABLE when there are some and c is NULL). */
 rv_err_t rv_outbox_forget(rv_outbox_t *o, PGconn *c, char *errstr, size_t errstr_size);
 
-/* Forgets the current publication without deleting anything (its rows stay
- * in the table for a later drain). */
+/* Forgets the current publication and a staged batch not encoded yet,
+ * without deleting anything (their rows stay in the table for a later drain). */
 void rv_outbox_clear(rv_outbox_t *o);
 
 #endif
