@@ -250,7 +250,12 @@ static int load_offsets(rv_ingest_t *in, rd_kafka_topic_partition_list_t *parts)
   for (int i = 0; i < n; i++) ids[i] = parts->elems[i].partition;
   int rc = read_offsets(in, ids, next, (size_t)n);
   for (int i = 0; rc == 0 && i < n; i++) {
-    parts->elems[i].offset = next[i] >= 0 ? next[i] : RD_KAFKA_OFFSET_BEGINNING;
+    /* Nothing stored: offset 0, not the logical BEGINNING, which librdkafka
+     * resolves with an offset lookup per partition before fetching it (against
+     * the embedded broker, 49 partitions started up to 0.7 s apart, and the
+     * first ones ran dry meanwhile). A log that no longer starts at 0 answers
+     * out of range, and auto.offset.reset=earliest moves to its start. */
+    parts->elems[i].offset = next[i] >= 0 ? next[i] : 0;
     assigned_t *a = find_assigned(in, ids[i]);
     if (!a) {
       if (in->n_assigned == in->cap_assigned) {
