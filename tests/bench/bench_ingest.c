@@ -402,7 +402,7 @@ int main(int argc, char **argv) {
          ingest_rates[rounds - 1]);
   printf("  raw COPY:       %.0f vectors/s median (%.0f..%.0f), one COPY BINARY in one transaction\n",
          median(raw_rates, rounds), raw_rates[0], raw_rates[rounds - 1]);
-  printf("  ratio:          %.2f median of the rounds' ratios (%.2f..%.2f; target >= 0.80)\n", median(ratios, rounds),
+  printf("  ratio:          %.3f median of the rounds' ratios (%.2f..%.2f; target >= 0.80)\n", median(ratios, rounds),
          ratios[0], ratios[rounds - 1]);
 
   rv_buf_close(&enc);
