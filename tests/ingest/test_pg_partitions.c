@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "rv_batch.h"
+#include "batch_fixture.h"
 #include "rv_embedded.h"
 #include "rv_pgschema.h"
 #include "rv_pgwriter.h"
@@ -99,34 +100,6 @@ static void part_name(char *out, size_t n, const char *table, int partman, int64
   month_part(out, n, table, partman, rv_month_of_ms(ms));
 }
 
-static void add_row(rv_batch_t *b, const char *id, rv_op_t op, float salt, int64_t pin_ms, int32_t part,
-                    int64_t off, int64_t expected) {
-  rv_vector_record_t rec;
-  rv_vector_record_init(&rec);
-  rec.id = strdup(id);
-  rec.id_len = strlen(id);
-  rec.op = op;
-  if (op == RV_OP_UPSERT) {
-    rec.vector = malloc(DIM * sizeof(float));
-    for (int k = 0; k < DIM; k++) rec.vector[k] = salt + (float)k;
-    rec.dim = DIM;
-    rec.metadata = strdup("{\"tag\": \"t\"}");
-  }
-  assert_int_equal(RV_OK, rv_batch_add(b, &rec, part, off, pin_ms, NULL));
-  assert_int_equal(RV_OK, rv_batch_consumed(b, part, off, expected));
-}
-
-/* Gives every row of b an SQ8 code whose bytes are its salt (first vector element). */
-static void add_codes(rv_batch_t *b, int32_t version) {
-  b->sq8 = realloc(b->sq8, b->n_rows * CODE);
-  b->sq8_size = CODE;
-  b->sq8_version = version;
-  for (size_t i = 0; i < b->n_rows; i++) {
-    memset(b->sq8 + i * CODE, b->rows[i].rec.vector ? (int)b->rows[i].rec.vector[0] : 0, CODE);
-  }
-  b->n_coded = b->n_rows;
-}
-
 static void write_batch(rv_pgwriter_t *w, rv_batch_t *b) {
   char e[1024];
   rv_pgw_outcome_t out;
@@ -184,10 +157,10 @@ static void exercise(const char *table, int partman) {
   assert_non_null(w);
   rv_batch_t b;
   rv_batch_init(&b);
-  add_row(&b, "now-1", RV_OP_UPSERT, 10, now, 0, 0, -1);
-  add_row(&b, "old-1", RV_OP_UPSERT, 20, old, 0, 1, -1);
-  add_row(&b, "blocked-1", RV_OP_UPSERT, 30, blocked, 1, 0, -1);
-  add_codes(&b, 7);
+  test_batch_add_row(&b, DIM, "now-1", RV_OP_UPSERT, 10, now, 0, 0, -1);
+  test_batch_add_row(&b, DIM, "old-1", RV_OP_UPSERT, 20, old, 0, 1, -1);
+  test_batch_add_row(&b, DIM, "blocked-1", RV_OP_UPSERT, 30, blocked, 1, 0, -1);
+  test_batch_add_codes(&b, 7, CODE);
   write_batch(w, &b);
 
   /* The old month got its partition on demand, by the table's manager; the blocked one could not. */
@@ -217,10 +190,10 @@ static void exercise(const char *table, int partman) {
   /* Second batch: old-1 updated with a pin in the current month (it must
    * stay in its first partition), now-1 deleted, raw vectors off. */
   rv_pgwriter_set_store_vector(w, 0);
-  add_row(&b, "old-1", RV_OP_UPSERT, 21, now, 0, 2, 2);
-  add_row(&b, "now-1", RV_OP_DELETE, 0, now, 0, 3, 2);
-  add_row(&b, "fresh-1", RV_OP_UPSERT, 40, now, 1, 1, 1);
-  add_codes(&b, 8);
+  test_batch_add_row(&b, DIM, "old-1", RV_OP_UPSERT, 21, now, 0, 2, 2);
+  test_batch_add_row(&b, DIM, "now-1", RV_OP_DELETE, 0, now, 0, 3, 2);
+  test_batch_add_row(&b, DIM, "fresh-1", RV_OP_UPSERT, 40, now, 1, 1, 1);
+  test_batch_add_codes(&b, 8, CODE);
   write_batch(w, &b);
   assert_int_equal(1, query_int("SELECT count(*) FROM %s WHERE id = 'old-1'", table));
   part_name(name, sizeof name, table, partman, old);

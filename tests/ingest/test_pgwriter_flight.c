@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "rv_batch.h"
+#include "batch_fixture.h"
 #include "rv_embedded.h"
 #include "rv_pgschema.h"
 #include "rv_pgwriter.h"
@@ -116,41 +117,16 @@ static int teardown(void **state) {
 
 static float salt_of(int i) { return (float)(10 + i); }
 
-static void add_row(rv_batch_t *b, const char *id, float salt, int64_t pin_ms, int32_t part, int64_t off,
-                    int64_t expected) {
-  rv_vector_record_t rec;
-  rv_vector_record_init(&rec);
-  rec.id = strdup(id);
-  rec.id_len = strlen(id);
-  rec.op = RV_OP_UPSERT;
-  rec.vector = malloc(DIM * sizeof(float));
-  for (int k = 0; k < DIM; k++) rec.vector[k] = salt + (float)k;
-  rec.dim = DIM;
-  rec.metadata = strdup("{\"tag\": \"t\"}");
-  assert_int_equal(RV_OK, rv_batch_add(b, &rec, part, off, pin_ms, NULL));
-  assert_int_equal(RV_OK, rv_batch_consumed(b, part, off, expected));
-}
-
-/* Gives every row of b an SQ8 code whose bytes are its salt (first vector element). */
-static void add_codes(rv_batch_t *b, int32_t version) {
-  b->sq8 = realloc(b->sq8, b->n_rows * CODE);
-  b->sq8_size = CODE;
-  b->sq8_version = version;
-  for (size_t i = 0; i < b->n_rows; i++) {
-    memset(b->sq8 + i * CODE, b->rows[i].rec.vector ? (int)b->rows[i].rec.vector[0] : 0, CODE);
-  }
-  b->n_coded = b->n_rows;
-}
-
 /* N_ROWS new ids <prefix>-<i> on partitions 0 and 1 at offsets base + i / 2,
  * expecting the stored next offsets to be base (-1: none stored yet). */
 static void make_batch_at(rv_batch_t *b, const char *prefix, int64_t base) {
   char id[64];
   for (int i = 0; i < N_ROWS; i++) {
     snprintf(id, sizeof id, "%s-%d", prefix, i);
-    add_row(b, id, salt_of(i), T.now_ms - i, i % 2, (base < 0 ? 0 : base) + i / 2, base);
+    test_batch_add_row(b, DIM, id, RV_OP_UPSERT, salt_of(i), T.now_ms - i, i % 2, (base < 0 ? 0 : base) + i / 2,
+                       base);
   }
-  add_codes(b, CODE_VERSION);
+  test_batch_add_codes(b, CODE_VERSION, CODE);
 }
 
 /* The first batch of both partitions (no stored offsets). */
@@ -288,6 +264,22 @@ static void await_poll(rv_pgwriter_t *w) {
   }
 }
 
+/* Applies b on w and sends its commit while a second session holds the
+ * collection's parent table: returns that session once the writer's COPY
+ * waits for its lock (in flight, poll 0). */
+static PGconn *send_blocked_commit(rv_pgwriter_t *w, rv_batch_t *b, const char *table) {
+  char e[1024];
+  int pid = PQbackendPID(rv_pgwriter_conn(w));
+  PGconn *locker = lock_table(table);
+  apply_new(w, b); /* touches rv_offsets and <c>_ids only: not blocked */
+  if (rv_pgwriter_send_commit(w, e, sizeof e)) fail_msg("send_commit: %s", e);
+  assert_int_equal(1, rv_pgwriter_in_flight(w));
+  await_lock_wait(pid, table, PQbackendPID(locker));
+  /* The server has not answered the COPY: the result cannot be in. */
+  assert_int_equal(0, rv_pgwriter_poll(w));
+  return locker;
+}
+
 /* ---- cases ---- */
 
 /* apply -> send_commit -> poll -> finish, then the connection is the writer's again. */
@@ -349,14 +341,7 @@ static void test_commit_blocked_by_lock(void **state) {
   make_batch(&other, "other");
   rv_pgwriter_t *w = writer_for(table, group, &b);
   int pid = PQbackendPID(rv_pgwriter_conn(w));
-  PGconn *locker = lock_table(table);
-
-  apply_new(w, &b); /* touches rv_offsets and <c>_ids only: not blocked */
-  if (rv_pgwriter_send_commit(w, e, sizeof e)) fail_msg("send_commit: %s", e);
-  assert_int_equal(1, rv_pgwriter_in_flight(w));
-  await_lock_wait(pid, table, PQbackendPID(locker));
-  /* The server has not answered the COPY: the result cannot be in. */
-  assert_int_equal(0, rv_pgwriter_poll(w));
+  PGconn *locker = send_blocked_commit(w, &b, table);
 
   /* Everything that would use the connection is refused while the commit is in flight. */
   rv_pgw_outcome_t out = RV_PGW_ALREADY;
@@ -414,13 +399,7 @@ static void test_next_batch_rows_while_commit_in_flight(void **state) {
   make_batch(&b1, "ov1");
   make_batch_at(&b2, "ov2", NEXT_OFFSET);
   rv_pgwriter_t *w1 = writer_for(table, group, &b1), *w2 = writer_for(table, group, &b2);
-  int pid1 = PQbackendPID(rv_pgwriter_conn(w1));
-  PGconn *locker = lock_table(table);
-
-  apply_new(w1, &b1);
-  if (rv_pgwriter_send_commit(w1, e, sizeof e)) fail_msg("send_commit 1: %s", e);
-  await_lock_wait(pid1, table, PQbackendPID(locker));
-  assert_int_equal(0, rv_pgwriter_poll(w1));
+  PGconn *locker = send_blocked_commit(w1, &b1, table);
   /* Batch 2's rows, while batch 1 waits: returns, batch 1 still in flight. */
   if (rv_pgwriter_apply_rows(w2, &b2, e, sizeof e)) fail_msg("apply_rows 2: %s", e);
   assert_int_equal(0, rv_pgwriter_idle(w2)); /* inside its transaction */
@@ -471,12 +450,7 @@ static void test_rollback_blocked_commit(void **state) {
   make_batch(&b, "aband");
   rv_pgwriter_t *w = writer_for(table, group, &b);
   int pid = PQbackendPID(rv_pgwriter_conn(w));
-  PGconn *locker = lock_table(table);
-
-  apply_new(w, &b);
-  if (rv_pgwriter_send_commit(w, e, sizeof e)) fail_msg("send_commit: %s", e);
-  await_lock_wait(pid, table, PQbackendPID(locker));
-  assert_int_equal(0, rv_pgwriter_poll(w));
+  PGconn *locker = send_blocked_commit(w, &b, table);
 
   int64_t t0 = rv_mono_ms();
   rv_pgwriter_rollback(w);
@@ -512,19 +486,13 @@ static void test_rollback_blocked_commit(void **state) {
 static void test_destroy_blocked_commit(void **state) {
   (void)state;
   const char *table = "fl_destroy", *group = "g-destroy";
-  char e[1024];
   migrate(table);
   rv_batch_t b;
   rv_batch_init(&b);
   make_batch(&b, "destr");
   rv_pgwriter_t *w = writer_for(table, group, &b);
   int pid = PQbackendPID(rv_pgwriter_conn(w));
-  PGconn *locker = lock_table(table);
-
-  apply_new(w, &b);
-  if (rv_pgwriter_send_commit(w, e, sizeof e)) fail_msg("send_commit: %s", e);
-  await_lock_wait(pid, table, PQbackendPID(locker));
-  assert_int_equal(0, rv_pgwriter_poll(w));
+  PGconn *locker = send_blocked_commit(w, &b, table);
 
   int64_t t0 = rv_mono_ms();
   rv_pgwriter_destroy(w);
