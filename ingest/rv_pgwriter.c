@@ -394,9 +394,21 @@ static rv_err_t put_floats_le(rv_buf_t *b, const float *v, int n) {
   return RV_OK;
 }
 
+static rv_err_t put_null(rv_buf_t *b) { return rv_buf_put_be32(b, UINT32_MAX); }
+
+/* A jsonb field (binary format: version 1, then the text), or NULL. */
+static rv_err_t put_metadata(rv_buf_t *b, const char *json) {
+  if (!json) return put_null(b);
+  size_t n = strlen(json);
+  uint8_t version = 1;
+  return rv_buf_put_be32(b, (uint32_t)n + 1) || rv_buf_append(b, &version, 1) || rv_buf_append(b, json, n)
+             ? RV_ERR_NOMEM
+             : RV_OK;
+}
+
 /* A code field and its version field, or two NULLs. */
 static rv_err_t put_code(rv_buf_t *b, const uint8_t *code, size_t size, int32_t version) {
-  if (!code) return rv_buf_put_be32(b, UINT32_MAX) || rv_buf_put_be32(b, UINT32_MAX) ? RV_ERR_NOMEM : RV_OK;
+  if (!code) return put_null(b) || put_null(b) ? RV_ERR_NOMEM : RV_OK;
   return put_field(b, code, (int32_t)size) || rv_buf_put_be32(b, 4) || rv_buf_put_be32(b, (uint32_t)version)
              ? RV_ERR_NOMEM
              : RV_OK;
@@ -429,15 +441,8 @@ static rv_err_t encode_copy(rv_buf_t *out, const rv_batch_t *b, const uint8_t *i
     err = rv_buf_put_be16(out, STAGE_NCOLUMNS);
     if (!err) err = put_field(out, rec->id, (int32_t)rec->id_len);
     if (!err) err = put_field(out, &is_delete, 1);
-    if (!err && (!live || !store_vector)) err = rv_buf_put_be32(out, UINT32_MAX); /* NULL */
-    else if (!err) err = put_floats_le(out, rec->vector, rec->dim);
-    if (!err && !rec->metadata) err = rv_buf_put_be32(out, UINT32_MAX);
-    else if (!err) { /* jsonb binary: version 1, then the text */
-      size_t n = strlen(rec->metadata);
-      uint8_t version = 1;
-      err = rv_buf_put_be32(out, (uint32_t)n + 1) || rv_buf_append(out, &version, 1) ||
-            rv_buf_append(out, rec->metadata, n);
-    }
+    if (!err) err = live && store_vector ? put_floats_le(out, rec->vector, rec->dim) : put_null(out);
+    if (!err) err = put_metadata(out, rec->metadata);
     if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)((row->pin_ms - PG_EPOCH_MS) * 1000));
     if (!err) err = rv_buf_put_be32(out, 4) || rv_buf_put_be32(out, (uint32_t)row->partition);
     if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)row->offset);
@@ -473,22 +478,15 @@ static rv_err_t encode_new(rv_buf_t *out, const rv_batch_t *b, const uint8_t *is
     err = rv_buf_put_be16(out, TABLE_NCOLUMNS);
     if (!err) err = put_field(out, rec->id, (int32_t)rec->id_len);
     if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)((row->pin_ms - PG_EPOCH_MS) * 1000));
-    if (!err && (!live || !store_vector)) err = rv_buf_put_be32(out, UINT32_MAX); /* NULL */
-    else if (!err) err = put_floats_le(out, rec->vector, rec->dim);
+    if (!err) err = live && store_vector ? put_floats_le(out, rec->vector, rec->dim) : put_null(out);
     if (!err)
       err = put_code(out, live && coded && b->sq8_size ? b->sq8 + i * b->sq8_size : NULL, b->sq8_size,
                      b->sq8_version);
     if (!err)
       err = put_code(out, live && coded && b->pq_size ? b->pq + i * b->pq_size : NULL, b->pq_size, b->pq_version);
-    if (!err && !rec->metadata) err = rv_buf_put_be32(out, UINT32_MAX);
-    else if (!err) { /* jsonb binary: version 1, then the text */
-      size_t n = strlen(rec->metadata);
-      uint8_t version = 1;
-      err = rv_buf_put_be32(out, (uint32_t)n + 1) || rv_buf_append(out, &version, 1) ||
-            rv_buf_append(out, rec->metadata, n);
-    }
+    if (!err) err = put_metadata(out, rec->metadata);
     if (!err) err = put_field(out, now_be, 8);
-    if (!err) err = is_delete ? put_field(out, now_be, 8) : rv_buf_put_be32(out, UINT32_MAX);
+    if (!err) err = is_delete ? put_field(out, now_be, 8) : put_null(out);
     if (!err) err = rv_buf_put_be32(out, 4) || rv_buf_put_be32(out, (uint32_t)row->partition);
     if (!err) err = rv_buf_put_be32(out, 8) || rv_buf_put_be64(out, (uint64_t)row->offset);
   }
