@@ -2,6 +2,7 @@
 
 #include <avro.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,9 @@ struct rv_codec {
   avro_schema_t chg_schema;
   avro_value_iface_t *chg_iface;
   avro_value_t chg_value;
+  avro_schema_t mrk_schema;
+  avro_value_iface_t *mrk_iface;
+  avro_value_t mrk_value;
   avro_reader_t reader;
   avro_writer_t writer;
 };
@@ -53,6 +57,11 @@ void rv_codec_destroy(rv_codec_t *c) {
     avro_value_decref(&c->chg_value);
     avro_value_iface_decref(c->chg_iface);
   }
+  if (c->mrk_iface) {
+    avro_value_decref(&c->mrk_value);
+    avro_value_iface_decref(c->mrk_iface);
+  }
+  if (c->mrk_schema) avro_schema_decref(c->mrk_schema);
   if (c->vec_schema) avro_schema_decref(c->vec_schema);
   if (c->chg_schema) avro_schema_decref(c->chg_schema);
   if (c->reader) avro_reader_free(c->reader);
@@ -81,6 +90,7 @@ rv_codec_t *rv_codec_new(char *errstr, size_t errstr_size) {
   static const char empty[1];
   if (load(rv_schema_vector_record, &c->vec_schema, &c->vec_iface, &c->vec_value) ||
       load(rv_schema_changelog_record, &c->chg_schema, &c->chg_iface, &c->chg_value) ||
+      load(rv_schema_position_marker, &c->mrk_schema, &c->mrk_iface, &c->mrk_value) ||
       !(c->reader = avro_reader_memory(empty, 0)) || !(c->writer = avro_writer_memory(empty, 0))) {
     rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "loading embedded Avro schemas: %s", avro_strerror());
     rv_codec_destroy(c);
@@ -703,6 +713,50 @@ rv_err_t rv_codec_decode_change(rv_codec_t *c, const void *data, size_t len, rv_
     return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: malformed change record");
   }
   out->op = op == 1 ? RV_OP_DELETE : RV_OP_UPSERT;
+  return RV_OK;
+}
+
+void rv_marker_close(rv_marker_t *m) {
+  free(m->positions);
+  memset(m, 0, sizeof *m);
+}
+
+rv_err_t rv_codec_encode_marker(rv_codec_t *c, const rv_marker_t *m, rv_buf_t *out, char *errstr,
+                                size_t errstr_size) {
+  avro_value_t *v = &c->mrk_value, f, e, g;
+  avro_value_reset(v);
+  int bad = avro_value_get_by_index(v, 0, &f, NULL);
+  for (int i = 0; !bad && i < m->n; i++)
+    bad = avro_value_append(&f, &e, NULL) || avro_value_get_by_index(&e, 0, &g, NULL) ||
+          avro_value_set_int(&g, m->positions[i].partition) || avro_value_get_by_index(&e, 1, &g, NULL) ||
+          avro_value_set_long(&g, m->positions[i].next_offset);
+  bad = bad || avro_value_get_by_index(v, 1, &f, NULL) || avro_value_set_long(&f, m->committed_at_ms);
+  if (bad) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "avro encode: %s", avro_strerror());
+  return write_value(c, v, out, errstr, errstr_size);
+}
+
+rv_err_t rv_codec_decode_marker(rv_codec_t *c, const void *data, size_t len, rv_marker_t *out, char *errstr,
+                                size_t errstr_size) {
+  memset(out, 0, sizeof *out);
+  avro_value_t *v = &c->mrk_value, f, e, g;
+  int rc = read_value(c, c->mrk_schema, v, data, len);
+  if (rc == -3) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: truncated or malformed marker");
+  if (rc == -1) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: %s", avro_strerror());
+  if (rc == -2) return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: trailing bytes after marker");
+  size_t n = 0;
+  int bad = avro_value_get_by_index(v, 0, &f, NULL) || avro_value_get_size(&f, &n) || n > (size_t)INT32_MAX;
+  if (!bad && n && !(out->positions = calloc(n, sizeof *out->positions)))
+    return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  for (size_t i = 0; !bad && i < n; i++)
+    bad = avro_value_get_by_index(&f, i, &e, NULL) || avro_value_get_by_index(&e, 0, &g, NULL) ||
+          avro_value_get_int(&g, &out->positions[i].partition) || avro_value_get_by_index(&e, 1, &g, NULL) ||
+          avro_value_get_long(&g, &out->positions[i].next_offset);
+  out->n = (int)n;
+  bad = bad || avro_value_get_by_index(v, 1, &f, NULL) || avro_value_get_long(&f, &out->committed_at_ms);
+  if (bad) {
+    rv_marker_close(out);
+    return rv_errf(RV_ERR_CORRUPT, errstr, errstr_size, "avro decode: malformed position marker");
+  }
   return RV_OK;
 }
 

@@ -41,6 +41,30 @@ typedef struct rv_change {
   char *traceparent;     /* W3C traceparent of the source, owned; may be NULL */
 } rv_change_t;
 
+/* A position marker (schemas/position_marker.avsc): ingest publishes one to
+ * every changelog partition after each commit. On the changelog partition
+ * that carries it, every change of each listed source partition with a source
+ * offset below next_offset was published before it, so a replica that has
+ * applied the marker has applied those changes (read-your-writes). Markers
+ * carry key RV_MARKER_KEY and the Kafka header RV_KIND_HEADER = RV_KIND_POSITION,
+ * which is how readers of the changelog tell them from changes. */
+#define RV_MARKER_KEY "__rv_position__"
+#define RV_KIND_HEADER "rv-kind"
+#define RV_KIND_POSITION "position"
+
+typedef struct rv_source_position {
+  int32_t partition;   /* source topic partition */
+  int64_t next_offset; /* every source record below this offset is committed and published */
+} rv_source_position_t;
+
+typedef struct rv_marker {
+  rv_source_position_t *positions; /* owned */
+  int n;
+  int64_t committed_at_ms; /* wall clock of the COMMIT that made these positions durable */
+} rv_marker_t;
+
+void rv_marker_close(rv_marker_t *m); /* frees positions and zeroes m */
+
 void rv_vector_record_init(rv_vector_record_t *r);
 /* Frees what the record owns and re-initialises it. */
 void rv_vector_record_close(rv_vector_record_t *r);
@@ -103,6 +127,14 @@ rv_err_t rv_codec_encode_change(rv_codec_t *c, const rv_change_t *ch, rv_buf_t *
                                 size_t errstr_size);
 rv_err_t rv_codec_decode_change(rv_codec_t *c, const void *data, size_t len, rv_change_t *out,
                                 char *errstr, size_t errstr_size);
+
+/* Appends the Avro encoding of m (no framing) to out; out keeps its length on
+ * failure. Decoding fills *out (the caller closes it); RV_ERR_CORRUPT on a
+ * malformed record, *out then empty. */
+rv_err_t rv_codec_encode_marker(rv_codec_t *c, const rv_marker_t *m, rv_buf_t *out, char *errstr,
+                                size_t errstr_size);
+rv_err_t rv_codec_decode_marker(rv_codec_t *c, const void *data, size_t len, rv_marker_t *out, char *errstr,
+                                size_t errstr_size);
 
 /* Confluent wire format: byte 0 = 0, then a 4-byte big-endian schema id, then Avro. */
 #define RV_CONFLUENT_HEADER 5

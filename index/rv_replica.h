@@ -63,6 +63,63 @@
 
 typedef struct rv_replica rv_replica_t;
 
+/* ---- a store of record (PostgreSQL), for bootstrap and the quantizer ------
+ * The replica core knows no PostgreSQL: the index stage hands it these
+ * callbacks (index/applier's PostgreSQL loader implements them). */
+
+typedef struct rv_replica_load rv_replica_load_t; /* a bootstrap in progress, handed to load() */
+
+typedef struct rv_replica_store {
+  /* Fills a fresh, empty replica state. Called on the applier thread when no
+   * usable snapshot was loaded (before catch-up starts), and again when the
+   * applier finds a gap or reset in the changelog (into a fresh state that
+   * replaces the old one when complete; searches go on against the old one
+   * meanwhile). It must call rv_replica_load_mark_end first, then read the
+   * store in one consistent snapshot begun after that call (PostgreSQL:
+   * one REPEATABLE READ transaction), passing the quantizer
+   * (rv_replica_load_quantizer), the committed source positions
+   * (rv_replica_load_positions) and every live row (rv_replica_load_put).
+   * Returns RV_OK; RV_ERR_NOT_FOUND when the store holds nothing for the
+   * collection; anything else is a failure (logged). In both of the latter
+   * cases the replica replays the changelog from the beginning instead.
+   * NULL: always replay. */
+  rv_err_t (*load)(void *ctx, rv_replica_load_t *load, char *errstr, size_t errstr_size);
+  /* SQ8 storage: the parameters of quantizer version `version` of the
+   * collection (rv_sq8_serialize bytes; *params malloc'd, the replica frees
+   * it), from rv_quantizers. RV_ERR_NOT_FOUND if there is no such version;
+   * other errors are retried. Called on the applier thread when a change
+   * carries a code of a version the replica has not installed. NULL: the
+   * replica trains its own quantizer from sq8_train live vectors (tests
+   * without PostgreSQL). */
+  rv_err_t (*quantizer)(void *ctx, int32_t version, void **params, size_t *len, char *errstr, size_t errstr_size);
+  void *ctx; /* passed to both; must outlive the replica */
+} rv_replica_store_t;
+
+/* Records the end offsets (high watermarks) of the changelog partitions the
+ * replica reads as the positions its catch-up starts from. Call before the
+ * store's snapshot begins: every change published before these offsets was
+ * committed before it, so the load plus the catch-up miss nothing (and
+ * versions make the overlap harmless). RV_ERR_IO when Kafka cannot say. */
+rv_err_t rv_replica_load_mark_end(rv_replica_load_t *l, char *errstr, size_t errstr_size);
+
+/* Installs the collection's SQ8 quantizer (rv_sq8_serialize bytes) before
+ * the first put, so the loaded codes are used as stored (no re-quantizing).
+ * Ignored (RV_OK) when the replica's storage is float. */
+rv_err_t rv_replica_load_quantizer(rv_replica_load_t *l, int32_t version, const void *params, size_t len,
+                                   char *errstr, size_t errstr_size);
+
+/* The source positions committed in the store's snapshot (rv_offsets: the
+ * next source offset per source partition), as if a position marker had
+ * carried them. */
+rv_err_t rv_replica_load_positions(rv_replica_load_t *l, const rv_source_position_t *pos, int n);
+
+/* Adds one live row: an RV_OP_UPSERT change with its version, attributes,
+ * and the float vector and/or the SQ8 code (a row with only a code is
+ * decoded with the loaded quantizer for re-ranking). A row whose id belongs
+ * to another shard is skipped (RV_OK). RV_ERR_INVALID, RV_ERR_DIM,
+ * RV_ERR_NOMEM as rv_replica_apply. */
+rv_err_t rv_replica_load_put(rv_replica_load_t *l, const rv_change_t *c);
+
 typedef struct rv_replica_conf {
   char brokers[1024];                /* Kafka bootstrap list; empty: no applier (tests feed rv_replica_apply) */
   char region[RV_NAME_MAX];          /* region name, for logs and metrics */
@@ -74,7 +131,23 @@ typedef struct rv_replica_conf {
   int sq8_train;                     /* SQ8: live vectors to train from; <= 0: 1000 */
   char snapshot_path[1024];          /* snapshot file; "" = no snapshots */
   int snapshot_interval_s;           /* > 0: the applier also saves every this many seconds (if changed) */
+  int shard_index;                   /* this replica reads changelog partitions p with */
+  int shard_count;                   /*   p % shard_count == shard_index; shard_count <= 1: all of them */
+  int max_lag_ms;                    /* rv_replica_ready: lag must be under this; <= 0: 5000 */
+  int tombstone_ms;                  /* a deleted id's version entry is dropped this long after the delete
+                                        was applied; <= 0: 60000 */
+  rv_replica_store_t store;          /* bootstrap and quantizer source; zeroed: replay, own training */
 } rv_replica_conf_t;
+
+/* Where a replica's state came from. */
+typedef enum rv_replica_boot {
+  RV_BOOT_NONE = 0,     /* not bootstrapped yet */
+  RV_BOOT_SNAPSHOT = 1, /* a local snapshot, then catch-up from its positions */
+  RV_BOOT_STORE = 2,    /* the store of record (PostgreSQL), then catch-up from the end offsets */
+  RV_BOOT_REPLAY = 3    /* the whole changelog from the beginning */
+} rv_replica_boot_t;
+
+const char *rv_replica_boot_name(rv_replica_boot_t b); /* "none", "snapshot", "postgres", "replay" */
 
 typedef struct rv_replica_stats {
   uint64_t count;      /* live vectors */
@@ -84,7 +157,74 @@ typedef struct rv_replica_stats {
   uint64_t skipped;    /* changelog records the applier could not decode or apply (logged) */
   int restored;        /* 1 if the state was loaded from a snapshot by rv_replica_new */
   int quantized;       /* 1 once the index stores SQ8 codes */
+  int32_t quantizer_version; /* SQ8 quantizer version in use (from the store), 0 = own training or none */
+  rv_replica_boot_t boot;    /* where the current state came from */
+  int64_t boot_ms;           /* how long that bootstrap took, -1 while it runs */
+  int bootstrapped;          /* 1 once the state is loaded and catch-up has started: the replica can serve */
+  int64_t lag_ms;            /* max over partitions of rv_replica_part_stats_t.lag_ms, -1 unknown */
+  uint64_t rebootstraps;     /* gaps or resets of the changelog that made the replica bootstrap again */
+  uint64_t tombstones;       /* version entries of deleted ids still kept */
+  int64_t snapshot_pause_ms; /* how long the last snapshot held applies off (its copy-on-write window) */
+  int64_t snapshot_ms;       /* how long the last snapshot took to write, in the background */
 } rv_replica_stats_t;
+
+/* Per changelog partition the replica reads. */
+typedef struct rv_replica_part_stats {
+  int32_t partition;      /* changelog partition */
+  int64_t next_offset;    /* next offset to apply, -1 none read yet */
+  int64_t high_watermark; /* -1 unknown */
+  int64_t lag_records;    /* high_watermark - next_offset (>= 0), -1 unknown */
+  int64_t lag_ms;         /* 0 when caught up; else now minus the changelog timestamp of the oldest record
+                             not yet applied (approximated by the last applied one's), -1 unknown */
+  int64_t event_lag_ms;   /* when the last change was applied: that moment minus its source event time
+                             (event_time, else created_at), -1 none yet */
+  double applied_per_s;   /* changes applied per second over the last few seconds */
+} rv_replica_part_stats_t;
+
+/* Fills out[0..max) with the partitions the replica reads, in partition
+ * order; returns how many there are (may exceed max). Thread: any. */
+int rv_replica_partition_stats(rv_replica_t *r, rv_replica_part_stats_t *out, int max);
+
+/* 1 when the replica is bootstrapped and its lag_ms is known and under
+ * max_lag_ms (Kubernetes readiness); 0 otherwise. Thread: any. */
+int rv_replica_ready(rv_replica_t *r);
+
+/* ---- read-your-writes --------------------------------------------------------
+ * Ingest publishes a position marker (rv_record.h) to every changelog
+ * partition after each commit. For a source partition P, the replica's
+ * position is the smallest next_offset for P over the markers last applied on
+ * each changelog partition it reads: every source record of P below it is
+ * applied (or was deleted/replaced later). Bootstrap from the store sets the
+ * positions it committed; a snapshot saves and restores them. */
+
+/* Copies the current positions (source partitions in increasing order) into
+ * out[0..max); returns how many are known (may exceed max). Thread: any. */
+int rv_replica_positions(rv_replica_t *r, rv_source_position_t *out, int max);
+
+/* 1 if every change of source partition src_partition with a source offset
+ * <= src_offset is applied (position > src_offset), else 0. Thread: any. */
+int rv_replica_visible(rv_replica_t *r, int32_t src_partition, int64_t src_offset);
+
+/* Blocks until rv_replica_visible holds or timeout_ms passes (<= 0: does not
+ * wait). RV_OK, or RV_ERR_TIMEOUT. Thread: any but the applier's. */
+rv_err_t rv_replica_wait_visible(rv_replica_t *r, int32_t src_partition, int64_t src_offset, int timeout_ms);
+
+/* The changes of one applied batch (one applier poll's worth), for live
+ * subscriptions: called on the applier thread after they are published
+ * (visible to searches), with no replica lock held. changes[i] are valid for
+ * the call only. Set before rv_replica_start; NULL removes it. */
+typedef struct rv_replica_applied {
+  const rv_change_t *const *changes; /* the changes that altered the index, in apply order */
+  int n;
+  uint64_t generation;               /* the generation after the last of them */
+} rv_replica_applied_t;
+void rv_replica_set_on_applied(rv_replica_t *r, void (*fn)(void *ctx, const rv_replica_applied_t *batch),
+                               void *ctx);
+
+/* 1 if id belongs to this replica's shard (its changelog partition, by the
+ * producer's partitioner, is one it reads), always 1 without shards. Needs
+ * the changelog partition count: 0 until the applier knows it. Thread: any. */
+int rv_replica_owns_id(rv_replica_t *r, const char *id);
 
 /* Copies conf; loads the snapshot when one is configured and usable (an
  * unusable one is logged and ignored). Returns NULL with errstr set on bad
