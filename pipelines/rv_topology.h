@@ -12,6 +12,19 @@
 #define RV_MAX_COLLECTIONS 16
 #define RV_MAX_REGIONS 8
 
+/* One region's own settings (regions[] written as a mapping); every field has
+ * a default taken from the pipeline-wide keys. */
+typedef struct rv_region_conf {
+  char name[RV_NAME_MAX];
+  char listen_host[256];    /* regions[].listen: where `ruvector index` for this region serves rv.v1 and
+                               /health /ready /startup /metrics; shard i of N listens on listen_port + i.
+                               Default 127.0.0.1 */
+  int listen_port;          /* default 0: any free port (printed; fine for one process, not for fan-out) */
+  int shards;               /* regions[].shards: index processes (shards) per collection, default 1 */
+  int ef_search;            /* regions[].ef_search, default index.ef_search */
+  char snapshot_dir[1024];  /* regions[].snapshot_dir, default index.snapshot_dir ("" = none) */
+} rv_region_conf_t;
+
 typedef struct rv_topology {
   char name[RV_NAME_MAX];           /* pipeline name */
   char data_dir[1024];              /* where embedded servers keep data; default var/<name> */
@@ -41,7 +54,11 @@ typedef struct rv_topology {
   int hnsw_sq8_train;               /* index.sq8_train: live vectors a replica trains SQ8 from, default 1000 */
   char snapshot_dir[1024];          /* index.snapshot_dir: replica snapshots, "" = none (default) */
   int snapshot_interval_s;          /* index.snapshot_interval_s: also save every N s, 0 = on stop only */
+  int max_lag_ms;                   /* index.max_lag_ms: /ready only while the replica lag is under this, default 5000 */
+  int after_timeout_ms;             /* index.after_timeout_ms: longest a search with "after" waits, default 5000 */
+  int tombstone_ms;                 /* index.tombstone_ms: deleted ids' versions kept this long, default 60000 */
   char regions[RV_MAX_REGIONS][RV_NAME_MAX]; /* default one region, "local" */
+  rv_region_conf_t region_conf[RV_MAX_REGIONS]; /* the same regions with their own settings, defaults applied */
   int n_regions;
   char serve_host[256];             /* serve.listen host, default 127.0.0.1; IPv6 without brackets */
   int serve_port;                   /* serve.listen port, default 8080; 0 = ephemeral */
