@@ -12,6 +12,18 @@
 
 #include "rv_distance_isa.h"
 
+
+/* Sum of the 16 int32 lanes, wrapping like the lanes' own adds (the scalar
+ * reference's uint32 arithmetic). GCC's _mm512_reduce_add_epi32 does its last
+ * add in C int, which overflows (undefined behaviour, UBSan reports it) for
+ * the extreme sums the kernel tests feed it. */
+static inline int32_t hsum_epi32(__m512i v) {
+  __m256i a = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+  __m128i b = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  b = _mm_add_epi32(b, _mm_shuffle_epi32(b, _MM_SHUFFLE(1, 0, 3, 2)));
+  b = _mm_add_epi32(b, _mm_shuffle_epi32(b, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(b);
+}
 static inline __mmask16 tail_mask(size_t rem) { return (__mmask16)((1u << rem) - 1u); }
 
 static float l2sq_avx512(const float *a, const float *b, size_t n) {
@@ -179,7 +191,7 @@ static int32_t sq8_dot_i16_avx512(const int16_t *q, const uint8_t *c, size_t n) 
     s3 = _mm512_add_epi32(s3, _mm512_madd_epi16(_mm512_maskz_loadu_epi16(k, q + i), cq));
   }
 #undef STEP
-  return _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3)));
+  return hsum_epi32(_mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3)));
 }
 
 /* The same with vpdpwssd (AVX512_VNNI: madd and add in one instruction, also
@@ -211,7 +223,7 @@ __attribute__((target("avx512vnni"))) static int32_t sq8_dot_i16_avx512_vnni(con
     s3 = _mm512_dpwssd_epi32(s3, _mm512_maskz_loadu_epi16(k, q + i), cq);
   }
 #undef STEP
-  return _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3)));
+  return hsum_epi32(_mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3)));
 }
 
 const rv_kernels_t rv__kernels_avx512 = {"avx512",       l2sq_avx512,   dot_avx512,        sq8_l2_avx512,
