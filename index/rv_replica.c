@@ -40,6 +40,7 @@
 #define BATCH_MAX 512             /* changes per applier batch (rv_replica_set_on_applied) */
 #define WATERMARK_TIMEOUT_MS 5000 /* asking the brokers for a partition's end offset */
 #define QUANTIZER_RETRY_MS 1000   /* after a failed store.quantizer call */
+#define GAP_CONFIRM_MS 2000       /* a high watermark below the next offset this long is a reset */
 
 #define NO_SLOT UINT32_MAX
 
@@ -97,6 +98,7 @@ typedef struct part {
   uint64_t rate_base;         /* applier only: n_applied at rate_at */
   int64_t rate_at;
   int fetched;                /* applier only: a record or EOF arrived since the last assignment */
+  int64_t gap_since;          /* applier only: since when the high watermark is below next_off, 0 not */
   int64_t target;             /* applier only, replaying: the end offset to reach */
   rv_source_position_t *marks; /* position markers applied: per source partition, the last next_offset */
   int n_marks, cap_marks;
@@ -1874,6 +1876,7 @@ static void handle_message(applier_t *a, const rd_kafka_message_t *m) {
   if (is_marker(m)) {
     handle_marker(a, pt, m);
     atomic_store(&pt->next_off, m->offset + 1);
+    if (atomic_load(&pt->hw) < m->offset + 1) atomic_store(&pt->hw, m->offset + 1);
     return;
   }
   int live = !r->replaying;
@@ -1903,6 +1906,7 @@ static void handle_message(applier_t *a, const rd_kafka_message_t *m) {
   atomic_fetch_add(&pt->n_applied, 1);
   /* After the apply: a snapshot never records an offset past what it holds. */
   atomic_store(&pt->next_off, m->offset + 1);
+  if (atomic_load(&pt->hw) < m->offset + 1) atomic_store(&pt->hw, m->offset + 1); /* the log holds it at least */
 }
 
 /* The batch's changes, published: hand them to on_applied, off any lock. */
@@ -1951,12 +1955,21 @@ static void refresh_lag(applier_t *a) {
     part_t *p = r->parts[i];
     int64_t lo = RD_KAFKA_OFFSET_INVALID, hi = RD_KAFKA_OFFSET_INVALID, next = atomic_load(&p->next_off);
     if (!rd_kafka_get_watermark_offsets(r->rk, a->topic, p->partition, &lo, &hi) && hi >= 0) {
-      atomic_store(&p->hw, hi);
-      if (p->fetched && next > hi && !a->need_reboot) {
+      /* The cached watermark can trail what was just consumed: a high
+       * watermark below the next offset counts only once it has stayed so
+       * for GAP_CONFIRM_MS (fetch responses refresh it twice a second even
+       * when idle); the fetch's offset-out-of-range error is the main signal. */
+      atomic_store(&p->hw, hi > next ? hi : next);
+      if (!p->fetched || next <= hi) {
+        p->gap_since = 0;
+      } else if (!p->gap_since) {
+        p->gap_since = now;
+      } else if (now - p->gap_since >= GAP_CONFIRM_MS && !a->need_reboot) {
         rv_error(LOG, "%s/%s: %s[%d]: high watermark %lld is below the next offset %lld (topic recreated?); "
                  "bootstrapping again", r->conf.collection.name, r->conf.region, a->topic, (int)p->partition,
                  (long long)hi, (long long)next);
         a->need_reboot = 1;
+        p->gap_since = 0;
       }
     }
     int64_t lr = part_lag_records(p);
