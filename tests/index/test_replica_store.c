@@ -4,6 +4,7 @@
  * read-your-writes (and their snapshot round trip), and the tombstone sweep. */
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -456,6 +457,74 @@ static void test_positions_in_snapshot(void **state) {
   free(s.qparams);
 }
 
+/* Searches and a read-your-writes waiter on other threads while the state
+ * is swapped by bootstraps and tombstones are swept (run under TSan too). */
+typedef struct race {
+  rv_replica_t *r;
+  atomic_int stop;
+  int failures;
+  int searches;
+  rv_err_t waited;
+} race_t;
+
+static void *searcher(void *arg) {
+  race_t *x = arg;
+  uint64_t seed = 99;
+  while (!atomic_load(&x->stop)) {
+    float q[DIM];
+    tu_fill(&seed, q, DIM);
+    rv_hit_list_t got = {0};
+    if (rv_replica_search(x->r, q, DIM, 5, 0, &got)) x->failures++;
+    for (int i = 0; i < got.n; i++)
+      if (!got.hits[i].id || (strncmp(got.hits[i].id, "row-", 4) && strncmp(got.hits[i].id, "tmp-", 4)))
+        x->failures++;
+    rv_hit_list_close(&got);
+    rv_replica_stats_t st;
+    rv_replica_stats(x->r, &st);
+    rv_source_position_t pos[4];
+    rv_replica_positions(x->r, pos, 4);
+    x->searches++;
+  }
+  return NULL;
+}
+
+static void *waiter(void *arg) {
+  race_t *x = arg;
+  x->waited = rv_replica_wait_visible(x->r, 0, 299, 20000);
+  return NULL;
+}
+
+static void test_swaps_under_searches(void **state) {
+  static store_t s;
+  store_fill(&s, 60, 12);
+  race_t x = {.r = new_replica(&s, RV_HNSW_FLOAT, NULL)};
+  atomic_init(&x.stop, 0);
+  pthread_t t[3];
+  assert_int_equal(pthread_create(&t[0], NULL, searcher, &x), 0);
+  assert_int_equal(pthread_create(&t[1], NULL, waiter, &x), 0);
+  float v[DIM] = {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f, 0.8f};
+  char id[16];
+  for (int round = 0; round < 5; round++) {
+    for (int i = 0; i < 30; i++) {
+      snprintf(id, sizeof id, "tmp-%d", i);
+      apply_one(x.r, id, RV_OP_UPSERT, round * 100 + 1, v);
+      apply_one(x.r, id, RV_OP_DELETE, round * 100 + 2, NULL);
+    }
+    assert_int_equal(rv__replica_bootstrap(x.r), RV_OK);
+    sleep_ms(60); /* past tombstone_ms: the next applies sweep */
+  }
+  assert_int_equal(pthread_join(t[1], NULL), 0);
+  assert_int_equal(x.waited, RV_OK);
+  atomic_store(&x.stop, 1);
+  assert_int_equal(pthread_join(t[0], NULL), 0);
+  assert_int_equal(x.failures, 0);
+  assert_true(x.searches > 0);
+  rv_replica_stats_t st;
+  rv_replica_stats(x.r, &st);
+  assert_int_equal(st.count, 60);
+  rv_replica_destroy(x.r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_load_from_store),
@@ -464,6 +533,7 @@ int main(void) {
       cmocka_unit_test(test_shard_skips_other_ids),
       cmocka_unit_test(test_tombstones_swept),
       cmocka_unit_test(test_positions_in_snapshot),
+      cmocka_unit_test(test_swaps_under_searches),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
