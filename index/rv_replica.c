@@ -153,6 +153,11 @@ struct rv_replica {
   int replaying;              /* under apply_mu (written by the applier): a replay into fresh is running */
   state_t fresh;              /* the applier's state being built by a replay */
 
+  pthread_mutex_t snap_mu;    /* orders snapshot file writers */
+  pthread_t snap_thread;      /* the background snapshot writer (applier thread starts and joins it) */
+  int snap_started;           /* applier only (and destroy, after the applier): snap_thread to join */
+  atomic_int snap_busy;       /* the background writer is running */
+
   atomic_uint_fast64_t skipped;
   atomic_int_fast64_t lag; /* written by the applier thread */
   atomic_bool stop;        /* set by rv_replica_destroy */
@@ -450,6 +455,12 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
   }
   pthread_condattr_destroy(&ca);
   inited = 5;
+  if (pthread_mutex_init(&r->snap_mu, NULL)) {
+    rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "pthread_mutex_init failed");
+    goto fail;
+  }
+  inited = 6;
+  atomic_init(&r->snap_busy, 0);
   if (c->snapshot_path[0]) {
     char why[512] = "";
     int64_t t0 = rv_mono_ms();
@@ -472,6 +483,7 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
   if (!c->brokers[0]) atomic_store(&r->bootstrapped, 1);
   return r;
 fail:
+  if (inited >= 6) pthread_mutex_destroy(&r->snap_mu);
   if (inited >= 5) pthread_cond_destroy(&r->pos_cv);
   if (inited >= 4) pthread_mutex_destroy(&r->part_mu);
   if (inited >= 3) pthread_rwlock_destroy(&r->meta_lock);
@@ -1594,31 +1606,91 @@ fail:
   return err;
 }
 
-rv_err_t rv_replica_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size) {
-  if (!r) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no replica");
-  if (!r->conf.snapshot_path[0]) return rv_errf(RV_ERR_STATE, errstr, errstr_size, "no snapshot path configured");
-  rv_buf_t b;
-  rv_buf_init(&b);
-  int64_t t0 = rv_mono_ms();
-  /* apply_mu quiesces the applier (rv_snapshot_save's rule: no writer in
-   * flight, and no change half published); searches go on. */
+/* A copy of the state to save, made while applies are held off. */
+typedef struct snap_copy {
+  rv_replica_t *r;
+  rv_buf_t hnsw, attrs, posn;
+  int64_t t0;       /* when the copy began */
+  int64_t pause_ms; /* how long it held applies off */
+} snap_copy_t;
+
+static int buf_write(void *ctx, const void *p, size_t len) { return rv_buf_append(ctx, p, len) ? -1 : 0; }
+
+static void snap_free(snap_copy_t *sc) {
+  if (!sc) return;
+  rv_buf_close(&sc->hnsw);
+  rv_buf_close(&sc->attrs);
+  rv_buf_close(&sc->posn);
+  free(sc);
+}
+
+/* The copy-on-write window: under apply_mu (no apply, swap or sweep in
+ * flight), the state is serialized into memory; searches go on. */
+static rv_err_t snap_copy(rv_replica_t *r, snap_copy_t **out, char *errstr, size_t errstr_size) {
+  snap_copy_t *sc = calloc(1, sizeof *sc);
+  if (!sc) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  sc->r = r;
+  rv_buf_init(&sc->hnsw);
+  rv_buf_init(&sc->attrs);
+  rv_buf_init(&sc->posn);
+  sc->t0 = rv_mono_ms();
   pthread_mutex_lock(&r->apply_mu);
   rv_err_t err;
   if (r->replaying) {
     err = rv_errf(RV_ERR_STATE, errstr, errstr_size, "a bootstrap is in progress: the state has no positions to save");
-  } else {
-    err = positions_write_locked(r, &b);
-    if (err) rv_errf(err, errstr, errstr_size, "encoding positions: %s", rv_err_str(err));
-    else err = rv_snapshot_save(r->conf.snapshot_path, r->st.hnsw, r->st.attrs, b.base, b.len, errstr, errstr_size);
+  } else if ((err = positions_write_locked(r, &sc->posn))) {
+    rv_errf(err, errstr, errstr_size, "encoding positions: %s", rv_err_str(err));
+  } else if ((err = rv_hnsw_write(r->st.hnsw, buf_write, &sc->hnsw)) ||
+             (err = rv_attrs_write(r->st.attrs, buf_write, &sc->attrs))) {
+    rv_errf(err, errstr, errstr_size, "copying the index: %s", rv_err_str(err));
   }
   pthread_mutex_unlock(&r->apply_mu);
-  int64_t took = rv_mono_ms() - t0;
-  if (!err) {
-    atomic_store(&r->snapshot_pause_ms, took); /* written under apply_mu: the whole save pauses applies */
-    atomic_store(&r->snapshot_ms, took);
+  sc->pause_ms = rv_mono_ms() - sc->t0;
+  if (err) {
+    snap_free(sc);
+    return err;
   }
-  rv_buf_close(&b);
+  *out = sc;
+  return RV_OK;
+}
+
+/* Writes the copy to the file (no replica lock but snap_mu, which orders
+ * file writers). */
+static rv_err_t snap_write(snap_copy_t *sc, char *errstr, size_t errstr_size) {
+  rv_replica_t *r = sc->r;
+  pthread_mutex_lock(&r->snap_mu);
+  rv_err_t err = rv_snapshot_save_bytes(r->conf.snapshot_path, sc->hnsw.base, sc->hnsw.len, sc->attrs.base,
+                                        sc->attrs.len, sc->posn.base, sc->posn.len, errstr, errstr_size);
+  pthread_mutex_unlock(&r->snap_mu);
+  if (!err) {
+    atomic_store(&r->snapshot_pause_ms, sc->pause_ms);
+    atomic_store(&r->snapshot_ms, rv_mono_ms() - sc->t0);
+  }
   return err;
+}
+
+rv_err_t rv_replica_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size) {
+  if (!r) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "no replica");
+  if (!r->conf.snapshot_path[0]) return rv_errf(RV_ERR_STATE, errstr, errstr_size, "no snapshot path configured");
+  snap_copy_t *sc = NULL;
+  rv_err_t err = snap_copy(r, &sc, errstr, errstr_size);
+  if (!err) err = snap_write(sc, errstr, errstr_size);
+  snap_free(sc);
+  return err;
+}
+
+static void *snap_main(void *arg) {
+  snap_copy_t *sc = arg;
+  rv_replica_t *r = sc->r;
+  char errstr[512];
+  if (snap_write(sc, errstr, sizeof errstr))
+    rv_error(LOG, "%s/%s: periodic snapshot failed: %s", r->conf.collection.name, r->conf.region, errstr);
+  else
+    rv_debug(LOG, "%s/%s: snapshot saved: applies paused %lld ms, %lld ms in all", r->conf.collection.name,
+             r->conf.region, (long long)sc->pause_ms, (long long)(rv_mono_ms() - sc->t0));
+  snap_free(sc);
+  atomic_store(&r->snap_busy, 0);
+  return NULL;
 }
 
 /* ---- applier thread ---------------------------------------------------- */
@@ -2006,19 +2078,36 @@ static void refresh_partitions(applier_t *a) {
   if (r->n_parts > before) assign_all(a);
 }
 
-/* Every snapshot_interval_s, if anything was applied since the last save. */
+/* Every snapshot_interval_s, if anything was applied since the last save:
+ * the state is copied here (applies wait for the copy only) and written by a
+ * background thread; while one is still writing, the next waits. */
 static void maybe_snapshot(rv_replica_t *r, int64_t *saved_at, uint64_t *saved_applied) {
   if (r->conf.snapshot_interval_s <= 0 || !r->conf.snapshot_path[0] || r->replaying) return;
   int64_t now = rv_mono_ms();
-  if (now - *saved_at < (int64_t)r->conf.snapshot_interval_s * 1000) return;
+  if (now - *saved_at < (int64_t)r->conf.snapshot_interval_s * 1000 || atomic_load(&r->snap_busy)) return;
   *saved_at = now;
   uint64_t applied = atomic_load(&r->applied);
   if (applied == *saved_applied) return;
+  if (r->snap_started) { /* finished: snap_busy is 0 */
+    pthread_join(r->snap_thread, NULL);
+    r->snap_started = 0;
+  }
   char errstr[512];
-  if (rv_replica_snapshot(r, errstr, sizeof errstr))
+  snap_copy_t *sc = NULL;
+  if (snap_copy(r, &sc, errstr, sizeof errstr)) {
     rv_error(LOG, "%s: periodic snapshot failed: %s", r->conf.region, errstr);
-  else
-    *saved_applied = applied; /* what the save held at least */
+    return;
+  }
+  atomic_store(&r->snap_busy, 1);
+  if (pthread_create(&r->snap_thread, NULL, snap_main, sc)) {
+    atomic_store(&r->snap_busy, 0);
+    rv_warn(LOG, "%s: no thread for the snapshot: writing it on the applier", r->conf.region);
+    if (snap_write(sc, errstr, sizeof errstr)) rv_error(LOG, "%s: periodic snapshot failed: %s", r->conf.region, errstr);
+    snap_free(sc);
+  } else {
+    r->snap_started = 1;
+  }
+  *saved_applied = applied; /* what the copy held at least */
 }
 
 static void *applier_main(void *arg) {
@@ -2157,6 +2246,7 @@ void rv_replica_destroy(rv_replica_t *r) {
     atomic_store(&r->stop, true);
     pthread_join(r->thread, NULL);
   }
+  if (r->snap_started) pthread_join(r->snap_thread, NULL);
   if (r->conf.snapshot_path[0] && !r->replaying) {
     char errstr[512];
     int64_t t0 = rv_mono_ms();
@@ -2174,6 +2264,7 @@ void rv_replica_destroy(rv_replica_t *r) {
   free(r->parts);
   free(r->base);
   free(r->start_off);
+  pthread_mutex_destroy(&r->snap_mu);
   pthread_cond_destroy(&r->pos_cv);
   pthread_mutex_destroy(&r->part_mu);
   pthread_rwlock_destroy(&r->meta_lock);

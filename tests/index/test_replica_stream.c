@@ -17,6 +17,7 @@
 #include "index_testutil.h"
 #include "rv_record.h"
 #include "rv_replica.h"
+#include "rv_snapshot.h"
 #include "rv_time.h"
 
 #define DIM 8
@@ -429,12 +430,69 @@ static void test_reset_rebootstraps(void **state) {
   unlink(path);
 }
 
+/* ---- periodic snapshots, written in the background ---------------------- */
+
+static void test_background_snapshot(void **state) {
+  char path[] = "/tmp/rv_test_replica_bg_XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  close(fd);
+  unlink(path);
+  const char *topic = "b.changelog";
+  cluster_t c;
+  cluster_start(&c, topic, 2);
+  rv_replica_conf_t conf = {0};
+  snprintf(conf.brokers, sizeof conf.brokers, "%s", c.bootstraps);
+  snprintf(conf.collection.name, sizeof conf.collection.name, "b");
+  conf.collection.dim = DIM;
+  conf.collection.metric = RV_METRIC_L2;
+  snprintf(conf.snapshot_path, sizeof conf.snapshot_path, "%s", path);
+  conf.snapshot_interval_s = 1;
+  char errstr[512];
+  rv_replica_t *r = rv_replica_new(&conf, errstr, sizeof errstr);
+  assert_non_null(r);
+  start(r);
+  char id[32];
+  float v[DIM];
+  for (int i = 0; i < 200; i++) {
+    snprintf(id, sizeof id, "b-%d", i);
+    vec_of(i, v);
+    produce_change(&c, topic, id, RV_OP_UPSERT, 0, i, v);
+  }
+  flush(&c);
+  wait_caught_up(r, 200);
+  rv_replica_stats_t st;
+  for (int64_t t0 = rv_mono_ms();; sleep_ms(20)) {
+    rv_replica_stats(r, &st);
+    if (st.snapshot_ms >= 0 && access(path, F_OK) == 0) break;
+    if (rv_mono_ms() - t0 > DEADLINE_MS) fail_msg("no periodic snapshot written");
+  }
+  assert_true(st.snapshot_pause_ms >= 0 && st.snapshot_pause_ms <= st.snapshot_ms);
+  print_message("snapshot: applies paused %lld ms of %lld ms\n", (long long)st.snapshot_pause_ms,
+                (long long)st.snapshot_ms);
+  /* The file written while the replica runs is a whole one. */
+  rv_hnsw_t *h = NULL;
+  rv_attrs_t *a = NULL;
+  void *blob = NULL;
+  size_t blob_len = 0;
+  assert_int_equal(rv_snapshot_load(path, NULL, &h, &a, &blob, &blob_len, errstr, sizeof errstr), RV_OK);
+  assert_true(rv_hnsw_count(h) > 0 && rv_hnsw_count(h) <= 200);
+  assert_true(blob_len > 0);
+  rv_hnsw_destroy(h);
+  rv_attrs_destroy(a);
+  free(blob);
+  rv_replica_destroy(r);
+  cluster_stop(&c);
+  unlink(path);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_markers_lag_hook),
       cmocka_unit_test(test_two_shards_split_ids),
       cmocka_unit_test(test_store_then_catch_up),
       cmocka_unit_test(test_reset_rebootstraps),
+      cmocka_unit_test(test_background_snapshot),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
