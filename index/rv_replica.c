@@ -337,8 +337,15 @@ static void make_hnsw_conf(const rv_replica_conf_t *c, rv_hnsw_storage_t storage
   hc->storage = storage;
 }
 
-/* SQ8 storage trained by the replica itself (no store quantizer). */
-static int own_training(const rv_replica_conf_t *c) { return c->storage == RV_HNSW_SQ8 && !c->store.quantizer; }
+/* SQ8 with the store's quantizer and codes. Not under cosine: ingest trains
+ * and encodes the raw vectors, while the engine scores codes of unit vectors
+ * against unit queries there (rv_hnsw.h), so the replica trains its own. */
+static int stored_quantizer(const rv_replica_conf_t *c) {
+  return c->storage == RV_HNSW_SQ8 && c->store.quantizer && c->collection.metric != RV_METRIC_COSINE;
+}
+
+/* SQ8 storage trained by the replica itself. */
+static int own_training(const rv_replica_conf_t *c) { return c->storage == RV_HNSW_SQ8 && !stored_quantizer(c); }
 
 /* A new empty state (float index) into *s. */
 static rv_err_t state_init(const rv_replica_conf_t *c, state_t *s, char *errstr, size_t errstr_size) {
@@ -732,8 +739,7 @@ static rv_err_t apply_locked(rv_replica_t *r, state_t *s, const rv_change_t *c, 
     atomic_fetch_add(&r->applied, 1);
     return RV_OK;
   }
-  if (has_code && r->conf.storage == RV_HNSW_SQ8 && r->conf.store.quantizer)
-    maybe_install_stored(r, s, live, c->sq8_version);
+  if (has_code && stored_quantizer(&r->conf)) maybe_install_stored(r, s, live, c->sq8_version);
   int use_code = has_code && s->qver && c->sq8_version == s->qver;
   if (upsert && !c->vector && !use_code) return RV_ERR_INVALID; /* a code without its quantizer */
 
@@ -1223,7 +1229,7 @@ rv_err_t rv_replica_load_quantizer(rv_replica_load_t *l, int32_t version, const 
                                    char *errstr, size_t errstr_size) {
   if (!l || !params || version <= 0)
     return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "load_quantizer: bad arguments");
-  if (l->r->conf.storage != RV_HNSW_SQ8) return RV_OK;
+  if (!stored_quantizer(&l->r->conf)) return RV_OK; /* float storage, or cosine (see stored_quantizer) */
   if (version == l->st.qver) return RV_OK;
   return install_params(l->r, &l->st, 0, version, params, len, errstr, errstr_size);
 }

@@ -31,7 +31,9 @@
  * Both rwlocks prefer the writer, so back-to-back searches cannot starve the
  * applier.
  *
- * SQ8 storage with conf.store.quantizer (one quantizer per collection): the
+ * SQ8 storage with conf.store.quantizer, metric l2 or ip (one quantizer per
+ * collection; under cosine ingest's codes are of the raw vectors, the
+ * engine's of unit ones, so a cosine replica trains its own as below): the
  * replica installs the quantizer version that changes (or the store load)
  * carry, fetched once through store.quantizer, and stores each change's own
  * code byte for byte (rv_hnsw_upsert_sq8; the float vector is kept for
@@ -127,7 +129,7 @@ rv_err_t rv_replica_load_mark_end(rv_replica_load_t *l, char *errstr, size_t err
 
 /* Installs the collection's SQ8 quantizer (rv_sq8_serialize bytes) before
  * the first put, so the loaded codes are used as stored (no re-quantizing).
- * Ignored (RV_OK) when the replica's storage is float. */
+ * Ignored (RV_OK) when the replica's storage is float, or the metric cosine. */
 rv_err_t rv_replica_load_quantizer(rv_replica_load_t *l, int32_t version, const void *params, size_t len,
                                    char *errstr, size_t errstr_size);
 

@@ -302,6 +302,37 @@ static void test_stored_quantizer_codes(void **state) {
   assert_int_equal(rv_replica_apply(r, &c), RV_ERR_INVALID);
   rv_sq8_destroy(q);
   rv_replica_destroy(r);
+
+  /* Cosine: ingest's codes are of raw vectors, the engine's of unit ones:
+   * the replica ignores the store's quantizer and trains its own. */
+  rv_replica_conf_t conf = {0};
+  snprintf(conf.collection.name, sizeof conf.collection.name, "docs");
+  conf.collection.dim = DIM;
+  conf.collection.metric = RV_METRIC_COSINE;
+  conf.storage = RV_HNSW_SQ8;
+  conf.sq8_train = 20;
+  conf.store.quantizer = store_quantizer;
+  conf.store.ctx = &s;
+  r = rv_replica_new(&conf, errstr, sizeof errstr);
+  assert_non_null(r);
+  int calls = s.quantizer_calls;
+  for (int i = 0; i < 20; i++) {
+    rv_change_init(&c);
+    c.id = s.ids[i];
+    c.op = RV_OP_UPSERT;
+    c.src_offset = i;
+    c.vector = s.vecs[i];
+    c.dim = DIM;
+    c.sq8_code = s.codes[i];
+    c.sq8_len = DIM;
+    c.sq8_version = 1;
+    assert_int_equal(rv_replica_apply(r, &c), RV_OK);
+  }
+  rv_replica_stats(r, &st);
+  assert_int_equal(s.quantizer_calls, calls);
+  assert_int_equal(st.quantized, 1);
+  assert_int_equal(st.quantizer_version, 0);
+  rv_replica_destroy(r);
   free(s.qparams);
 }
 
