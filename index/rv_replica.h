@@ -31,26 +31,51 @@
  * Both rwlocks prefer the writer, so back-to-back searches cannot starve the
  * applier.
  *
- * SQ8 storage: the replica indexes float vectors until it holds sq8_train
- * live vectors, then trains the quantizer from all of them and rebuilds the
- * graph in SQ8, once, inside the apply that reached the count. Searches go on
- * against the float graph during the rebuild (applies wait: they are
- * serialised with it); only the swap of the new graph in, and the re-pointing
- * of each id's entry at its new slot, takes an exclusive lock that waits for
- * the searches in flight and holds new ones off (O(live ids) stores).
- * Simple and correct: no change is ever buffered or unsearchable.
+ * SQ8 storage with conf.store.quantizer, metric l2 or ip (one quantizer per
+ * collection; under cosine ingest's codes are of the raw vectors, the
+ * engine's of unit ones, so a cosine replica trains its own as below): the
+ * replica installs the quantizer version that changes (or the store load)
+ * carry, fetched once through store.quantizer, and stores each change's own
+ * code byte for byte (rv_hnsw_upsert_sq8; the float vector is kept for
+ * re-ranking, a code-only row is decoded for it). Until a code arrives the
+ * index is float; a change carrying a newer version makes the replica
+ * install it and re-insert the live vectors (from their floats); a code of
+ * an older or unknown version is ignored and the float vector encoded.
+ * Without store.quantizer the replica trains its own: it indexes float
+ * vectors until it holds sq8_train live vectors, then trains the quantizer
+ * from all of them and rebuilds the graph in SQ8, once, inside the apply
+ * that reached the count. Either way searches go on against the old graph
+ * during the rebuild (applies wait: they are serialised with it); only the
+ * swap of the new graph in, and the re-pointing of each id's entry at its
+ * new slot, takes an exclusive lock that waits for the searches in flight
+ * and holds new ones off (O(live ids) stores).
+ *
+ * Bootstrap (the applier thread, before catch-up): the newest usable local
+ * snapshot (loaded by rv_replica_new; catch-up from its offsets); else
+ * conf.store.load into a fresh state swapped in whole (catch-up from the end
+ * offsets it marked); else a replay of the changelog from the beginning.
+ * Searches meanwhile see the empty (or, on a re-bootstrap, the old) index.
+ * The applier reads with auto.offset.reset=error: a partition whose next
+ * offset the log no longer holds (retention, compaction, a recreated topic),
+ * or whose high watermark stays below it, makes the replica bootstrap again
+ * (store, else a replay into a fresh state swapped in once it reached the
+ * end offsets of its start) rather than reset silently (stats.rebootstraps).
+ * Partitions added to the topic later are found by a metadata refresh every
+ * 2 s and read from the beginning.
  *
  * Snapshots: with snapshot_path set, rv_replica_new loads the file if it
  * exists (rv_snapshot_load) and the applier resumes the changelog from the
- * partition offsets saved in it instead of the beginning; rv_replica_destroy
+ * partition offsets saved in it instead of bootstrapping; rv_replica_destroy
  * (and every snapshot_interval_s seconds, the applier) saves one. A snapshot
- * that cannot be used (corrupt, truncated, another dim/metric/M/storage or
- * changelog topic) is logged as an error and ignored: the replica rebuilds
- * from the changelog. Its POSN section (see rv_replica.c, "snapshot
- * positions") holds the per-partition next offsets, the per-id version map
- * and each id's metadata. Offsets are only meaningful against the same log:
- * do not give a snapshot path when the broker starts empty on every run
- * (the embedded broker; the pipeline runner never does). */
+ * that cannot be used (corrupt, truncated, another dim/metric/M/storage,
+ * changelog topic or shard) is logged as an error and ignored. Its POSN
+ * section (see rv_replica.c, "snapshot positions"; version 2, version 1
+ * still read) holds the per-partition next offsets, the per-id version map
+ * and each id's metadata, the quantizer version, the shard and the source
+ * positions. Deleted ids' entries (tombstones) are dropped tombstone_ms after
+ * the delete was applied (swept lazily by the applier). Offsets are only
+ * meaningful against the same log: a snapshot from another log is detected
+ * as a reset when its offsets are past the log's end. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -104,7 +129,7 @@ rv_err_t rv_replica_load_mark_end(rv_replica_load_t *l, char *errstr, size_t err
 
 /* Installs the collection's SQ8 quantizer (rv_sq8_serialize bytes) before
  * the first put, so the loaded codes are used as stored (no re-quantizing).
- * Ignored (RV_OK) when the replica's storage is float. */
+ * Ignored (RV_OK) when the replica's storage is float, or the metric cosine. */
 rv_err_t rv_replica_load_quantizer(rv_replica_load_t *l, int32_t version, const void *params, size_t len,
                                    char *errstr, size_t errstr_size);
 
@@ -231,9 +256,10 @@ int rv_replica_owns_id(rv_replica_t *r, const char *id);
  * conf or no memory. */
 rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t errstr_size);
 
-/* Starts the applier thread: reads every partition of the changelog topic
- * (assign, no consumer group) from the snapshot's offsets when one was
- * loaded, else from the beginning, and applies each change.
+/* Starts the applier thread: finds the changelog topic (waiting for it to
+ * exist), then reads the partitions of this shard (assign, no consumer
+ * group) from the snapshot's offsets when one was loaded, else bootstraps
+ * (see "Bootstrap" at the top) and catches up, and applies each change.
  * Call once. RV_ERR_STATE if already started or no brokers are configured. */
 rv_err_t rv_replica_start(rv_replica_t *r, char *errstr, size_t errstr_size);
 
@@ -267,11 +293,14 @@ rv_err_t rv_replica_search_filtered(rv_replica_t *r, const float *q, int dim, in
                                     rv_hit_list_t *out, char *errstr, size_t errstr_size);
 
 /* Saves a snapshot now (to conf.snapshot_path): the applied state with the
- * applier's current positions. It holds the apply mutex, so the applier is
- * quiesced between two whole changes while the file is written (applies wait
- * meanwhile); searches continue.
- * RV_ERR_STATE if no path is configured; otherwise rv_snapshot_save's errors.
- * Thread: any. */
+ * applier's current positions. Applies are held off (the apply mutex) only
+ * while the state is copied into memory (stats.snapshot_pause_ms; the copy
+ * costs about the index's size in memory until the file is written); the
+ * file is then written from the copy with applies and searches going on
+ * (stats.snapshot_ms, copy included). The applier's periodic snapshots
+ * (snapshot_interval_s) write their copy on a background thread.
+ * RV_ERR_STATE if no path is configured or a re-bootstrap is replaying;
+ * otherwise rv_snapshot_save's errors. Thread: any. */
 rv_err_t rv_replica_snapshot(rv_replica_t *r, char *errstr, size_t errstr_size);
 
 void rv_replica_stats(rv_replica_t *r, rv_replica_stats_t *out);
@@ -285,5 +314,18 @@ const rv_collection_conf_t *rv_replica_collection(const rv_replica_t *r);
  * is swapped in. Tests block there to check that searches go on. Set it
  * before the first apply; NULL removes it. */
 void rv__replica_set_apply_hook(rv_replica_t *r, void (*fn)(void *ctx, const char *stage), void *ctx);
+
+/* Without an applier (no brokers): runs the store bootstrap (conf.store.load
+ * into a fresh state, swapped in) on the caller's thread, as the applier
+ * would at start; rv_replica_load_mark_end then marks no partitions.
+ * RV_ERR_STATE without store.load or once started; else the load's result. */
+rv_err_t rv__replica_bootstrap(rv_replica_t *r);
+
+/* Without an applier: the changelog partition count rv_replica_owns_id uses. */
+void rv__replica_set_partition_count(rv_replica_t *r, int n);
+
+/* SQ8: copies the code the index stores for live id into out (len >= dim).
+ * RV_ERR_NOT_FOUND, RV_ERR_STATE (float index). Thread: any. */
+rv_err_t rv__replica_get_code(rv_replica_t *r, const char *id, uint8_t *out, size_t len);
 
 #endif

@@ -113,10 +113,44 @@ typedef struct section {
   uint64_t off, len;
 } section_t;
 
+/* Streams one section's payload into the writer. */
+typedef rv_err_t (*section_fn)(const void *src, writer_t *w);
+
+static rv_err_t hnsw_section(const void *src, writer_t *w) { return rv_hnsw_write(src, wcb, w); }
+static rv_err_t attrs_section(const void *src, writer_t *w) { return rv_attrs_write(src, wcb, w); }
+
+typedef struct bytes {
+  const void *p;
+  size_t len;
+} bytes_t;
+
+static rv_err_t bytes_section(const void *src, writer_t *w) {
+  const bytes_t *b = src;
+  return wcb(w, b->p, b->len) ? RV_ERR_IO : RV_OK;
+}
+
+static rv_err_t save(const char *path, section_fn hnsw_fn, const void *hnsw, section_fn attr_fn, const void *attrs,
+                     const void *positions, size_t positions_len, char *errstr, size_t errstr_size);
+
 rv_err_t rv_snapshot_save(const char *path, const rv_hnsw_t *h, const rv_attrs_t *a, const void *positions,
                           size_t positions_len, char *errstr, size_t errstr_size) {
   if (!path || !*path || !h || (!positions && positions_len))
     return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "snapshot: bad arguments");
+  return save(path, hnsw_section, h, a ? attrs_section : NULL, a, positions, positions_len, errstr, errstr_size);
+}
+
+rv_err_t rv_snapshot_save_bytes(const char *path, const void *hnsw, size_t hnsw_len, const void *attrs,
+                                size_t attrs_len, const void *positions, size_t positions_len, char *errstr,
+                                size_t errstr_size) {
+  if (!path || !*path || !hnsw || !hnsw_len || (!positions && positions_len))
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "snapshot: bad arguments");
+  bytes_t hb = {hnsw, hnsw_len}, ab = {attrs, attrs_len};
+  return save(path, bytes_section, &hb, attrs ? bytes_section : NULL, &ab, positions, positions_len, errstr,
+              errstr_size);
+}
+
+static rv_err_t save(const char *path, section_fn hnsw_fn, const void *hnsw, section_fn attr_fn, const void *attrs,
+                     const void *positions, size_t positions_len, char *errstr, size_t errstr_size) {
   char tmp[PATH_MAX], dir[PATH_MAX];
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= sizeof tmp)
     return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "snapshot: path too long");
@@ -139,12 +173,12 @@ rv_err_t rv_snapshot_save(const char *path, const rv_hnsw_t *h, const rv_attrs_t
   put_u32(&w, RV_SNAPSHOT_VERSION);
   put_u32(&w, ENDIAN_MARK);
   sec[ns] = (section_t){TAG_HNSW, w.off, 0};
-  err = rv_hnsw_write(h, wcb, &w);
+  err = hnsw_fn(hnsw, &w);
   sec[ns].len = w.off - sec[ns].off;
   ns++;
-  if (!err && a) {
+  if (!err && attr_fn) {
     sec[ns] = (section_t){TAG_ATTR, w.off, 0};
-    err = rv_attrs_write(a, wcb, &w);
+    err = attr_fn(attrs, &w);
     sec[ns].len = w.off - sec[ns].off;
     ns++;
   }

@@ -41,6 +41,16 @@
 rv_err_t rv_snapshot_save(const char *path, const rv_hnsw_t *h, const rv_attrs_t *a, const void *positions,
                           size_t positions_len, char *errstr, size_t errstr_size);
 
+/* The same file from sections already serialized in memory: hnsw_len bytes
+ * of rv_hnsw_write's stream, attrs_len bytes of rv_attrs_write's (attrs
+ * NULL: no attribute section) and the positions blob. For a writer that
+ * copies the state while its writers are quiesced, then writes the file
+ * without holding them off (the bytes are not re-validated here). Same
+ * errors and atomicity as rv_snapshot_save. */
+rv_err_t rv_snapshot_save_bytes(const char *path, const void *hnsw, size_t hnsw_len, const void *attrs,
+                                size_t attrs_len, const void *positions, size_t positions_len, char *errstr,
+                                size_t errstr_size);
+
 /* Reads a snapshot. conf (may be NULL) is passed to rv_hnsw_read: run-time
  * settings, and a check of dim/metric/storage/M (RV_ERR_CONFIG on mismatch).
  * On success *h owns the index, *a the attribute store (NULL if the file has
