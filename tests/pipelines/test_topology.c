@@ -719,7 +719,7 @@ static void test_region_errors(void **state) {
   assert_one_problem(MINIMAL "index:\n  max_lag_ms: 0\n", 6, 15, "index.max_lag_ms: value 0 out of range 1..3600000");
   assert_one_problem(MINIMAL "index:\n  after_timeout_ms: -1\n", 6, 21, "index.after_timeout_ms: value -1 out of range");
   assert_one_problem(MINIMAL "index:\n  tombstone_ms: soon\n", 6, 17, "index.tombstone_ms: expected an integer");
-  assert_one_problem(MINIMAL "index:\n  max_lag: 5\n", 6, 3, "unknown key 'max_lag' (did you mean 'max_lag_ms'?)");
+  assert_one_problem(MINIMAL "index:\n  max_lag_s: 5\n", 6, 3, "unknown key 'max_lag_s' (did you mean 'max_lag_ms'?)");
 }
 
 int main(void) {
