@@ -8,7 +8,7 @@ import re
 import urllib.error
 import urllib.request
 
-from harness import PgCtl, check, log, start_broker, wait_for  # noqa: F401
+from harness import PgCtl, check, start_broker, wait_for  # noqa: F401
 
 COLLECTION = "idx"
 
