@@ -4,7 +4,8 @@
  *   - a replica with no snapshot bootstraps from PostgreSQL: it holds exactly
  *     the ids PostgreSQL holds as not deleted, each at its stored version
  *     (a delete at the stored version is ignored, one at the next offset
- *     applies), with the stored SQ8 quantizer version installed; its
+ *     applies), with the stored SQ8 quantizer version installed and every
+ *     code equal to the stored one byte for byte; its
  *     changelog topic is empty, so everything came from the load;
  *   - fresh_log loads every row as older than any change of a new log;
  *   - quantizer() returns the stored parameters byte for byte, NOT_FOUND
@@ -199,6 +200,18 @@ static void test_load_holds_live_ids_at_stored_versions(void **state) {
   for (int i = 0; i < PQntuples(res); i++) assert_string_equal(ids[i], PQgetvalue(res, i, 0));
   free(ids);
   rv_hit_list_close(&hits);
+
+  /* the stored SQ8 codes, byte for byte (no re-quantizing) */
+  PGresult *codes = PQexecParams(F.db, "SELECT id, code FROM " COLL " WHERE deleted_at IS NULL", 0, NULL, NULL, NULL,
+                                 NULL, 1);
+  assert_int_equal(PQntuples(codes), (int)live);
+  for (int i = 0; i < PQntuples(codes); i++) {
+    uint8_t got[DIM];
+    assert_int_equal(PQgetlength(codes, i, 1), DIM);
+    assert_int_equal(rv__replica_get_code(r, PQgetvalue(codes, i, 0), got, sizeof got), RV_OK);
+    if (memcmp(got, PQgetvalue(codes, i, 1), DIM)) fail_msg("%s: code differs from the stored one", PQgetvalue(codes, i, 0));
+  }
+  PQclear(codes);
 
   /* each at its stored version: a delete at it is ignored, one at the next offset applies */
   uint64_t count = st.count;
