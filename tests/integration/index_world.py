@@ -88,11 +88,14 @@ def metrics(base):
     return out
 
 
-def boot_source(base):
-    for k, v in metrics(base).items():
-        if k.startswith("rv_replica_bootstrap_source{") and v == 1:
-            return re.search(r'source="([a-z]+)"', k).group(1)
-    return None
+def boot_source(base, timeout=5):
+    """The bootstrap source the metrics report (they are refreshed every 250 ms)."""
+    def source():
+        for k, v in metrics(base).items():
+            if k.startswith("rv_replica_bootstrap_source{") and v == 1 and 'source="none"' not in k:
+                return re.search(r'source="([a-z]+)"', k).group(1)
+        return None
+    return wait_for("rv_replica_bootstrap_source", source, timeout, interval=0.05)
 
 
 def stats_count(base):
