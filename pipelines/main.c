@@ -2,6 +2,7 @@
  *   pipeline validate FILE    check a topology; exit 0 if valid, 78 (EX_CONFIG) if not
  *   pipeline run FILE [...]   run every stage of a topology in this process
  *   ingest --topology FILE    run only the ingest stage of a topology
+ *   index --topology FILE --region R   run one region's index replica (a shard of it) and serve it
  *   broker [...]              run the embedded Kafka (librdkafka mock cluster) as its own process
  *   produce [...]             publish vectors to Kafka
  */
@@ -12,6 +13,7 @@
 
 #include "rv_broker.h"
 #include "rv_index_bench.h"
+#include "rv_index_cmd.h"
 #include "rv_malloc.h"
 #include "rv_ingest_cmd.h"
 #include "rv_produce.h"
@@ -36,6 +38,12 @@ static void usage(FILE *out) {
         "                                  run only the ingest stage (Kafka -> PostgreSQL ->\n"
         "                                  changelog); SIGINT/SIGTERM commit the batch in\n"
         "                                  progress and exit 0 (see ingest --help)\n"
+        "  index --topology FILE --region R [--collection C] [--shard I/N]\n"
+        "                                  run one region's index replica (shard I of N) of each\n"
+        "                                  collection: bootstrap from snapshot, PostgreSQL or the\n"
+        "                                  changelog, serve rv.v1 search and /health /ready\n"
+        "                                  /startup /metrics; SIGTERM saves snapshots, exit 0\n"
+        "                                  (see index --help)\n"
         "  broker [--topology FILE] [...]  run the embedded Kafka as its own process (see broker --help)\n"
         "  produce [...]                   publish vectors to Kafka (see produce --help)\n"
         "  index-bench [...]               build the HNSW engine over a base set and time searches\n"
@@ -147,10 +155,13 @@ int main(int argc, char **argv) {
   }
   const char *cmd = argv[1];
   /* The streaming commands churn through tens of megabytes per batch (rv_malloc.h). */
-  if (!strcmp(cmd, "pipeline") || !strcmp(cmd, "broker") || !strcmp(cmd, "ingest")) rv_malloc_tune();
+  if (!strcmp(cmd, "pipeline") || !strcmp(cmd, "broker") || !strcmp(cmd, "ingest") ||
+      !strcmp(cmd, "index"))
+    rv_malloc_tune();
   if (!strcmp(cmd, "pipeline")) return cmd_pipeline(argc - 1, argv + 1);
   if (!strcmp(cmd, "broker")) return cmd_broker(argc - 1, argv + 1);
   if (!strcmp(cmd, "ingest")) return rv_ingest_cmd_main(argc - 1, argv + 1);
+  if (!strcmp(cmd, "index")) return rv_index_cmd_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "produce")) return rv_produce_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "index-bench")) return rv_index_bench_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {

@@ -15,10 +15,13 @@
 #include "rv_broker.h"
 #include "rv_embedded.h"
 #include "rv_ingest.h"
+#include "rv_index_cmd.h"
 #include "rv_ingest_cmd.h"
 #include "rv_log.h"
+#include "rv_pgload.h"
 #include "rv_produce.h"
 #include "rv_replica.h"
+#include "rv_replica_metrics.h"
 #include "rv_serve.h"
 #include "rv_time.h"
 
@@ -35,6 +38,8 @@ typedef struct runner {
   char redis_addr[512];
   rv_ingest_t *ingest[RV_MAX_COLLECTIONS];
   rv_replica_t *replicas[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];
+  rv_replica_metrics_t *replica_metrics[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];
+  rv_pgload_t *stores[RV_MAX_COLLECTIONS]; /* each collection's PostgreSQL store, shared by its replicas */
   rv_serve_collection_t serve_cols[RV_MAX_COLLECTIONS];
   rv_serve_t *serve;
   rv_metrics_t *metrics; /* one registry: ingest updates it, serve exposes it at /metrics */
@@ -204,60 +209,82 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
   } else if (strcmp(t->redis, "none") != 0) {
     snprintf(r->redis_addr, sizeof r->redis_addr, "%s", t->redis);
   }
-  /* Replicas first, so that serve can answer as soon as it listens. Snapshot
-   * offsets are positions in one broker's log: the embedded broker starts
-   * empty on every run, so its replicas neither load nor save snapshots. */
-  int snapshots = t->snapshot_dir[0] && !r->broker;
-  if (t->snapshot_dir[0] && r->broker)
-    rv_warn(LOG, "index.snapshot_dir ignored: the embedded Kafka log starts over on every run");
-  if (snapshots && mkdir_p(t->snapshot_dir)) {
-    rv_error(LOG, "cannot create index.snapshot_dir %s: %s", t->snapshot_dir, strerror(errno));
-    return -1;
-  }
+  /* Schemas, and with the embedded broker the stored offsets forgotten,
+   * before any replica loads from PostgreSQL: its load must not see offsets
+   * of a log that is gone. */
+  rv_ingest_conf_t ics[RV_MAX_COLLECTIONS];
   for (int i = 0; i < t->n_collections; i++) {
-    for (int g = 0; g < t->n_regions; g++) {
-      rv_replica_conf_t rc;
-      memset(&rc, 0, sizeof rc);
-      snprintf(rc.brokers, sizeof rc.brokers, "%s", r->bootstrap);
-      snprintf(rc.region, sizeof rc.region, "%s", t->regions[g]);
-      rc.collection = t->collections[i];
-      rc.ef_search = t->hnsw_ef_search;
-      rc.hnsw_m = t->hnsw_m;
-      rc.ef_construction = t->hnsw_ef_construction;
-      rc.storage = t->hnsw_storage == 1 ? RV_HNSW_SQ8 : RV_HNSW_FLOAT;
-      rc.sq8_train = t->hnsw_sq8_train;
-      rc.snapshot_interval_s = t->snapshot_interval_s;
-      if (snapshots &&
-          snprintf(rc.snapshot_path, sizeof rc.snapshot_path, "%s/%s.%s.rvsnap", t->snapshot_dir,
-                   t->collections[i].name, t->regions[g]) >= (int)sizeof rc.snapshot_path) {
-        rv_error(LOG, "index.snapshot_dir %s: path too long", t->snapshot_dir);
-        return -1;
-      }
-      r->replicas[i][g] = rv_replica_new(&rc, err, sizeof err);
-      if (!r->replicas[i][g] || rv_replica_start(r->replicas[i][g], err, sizeof err)) {
-        rv_error(LOG, "replica %s/%s: %s", t->collections[i].name, t->regions[g], err);
-        return -1;
-      }
-    }
-  }
-  /* Ingest */
-  for (int i = 0; i < t->n_collections; i++) {
-    rv_ingest_conf_t ic;
-    rv_ingest_conf_from_topology(t, i, r->bootstrap, r->pg_conninfo, &ic);
-    ic.metrics = r->metrics;
-    if (rv_ingest_migrate(&ic, err, sizeof err)) {
-      rv_error(LOG, "ingest %s: migrate: %s", ic.collection.name, err);
+    rv_ingest_conf_t *ic = &ics[i];
+    rv_ingest_conf_from_topology(t, i, r->bootstrap, r->pg_conninfo, ic);
+    ic->metrics = r->metrics;
+    if (rv_ingest_migrate(ic, err, sizeof err)) {
+      rv_error(LOG, "ingest %s: migrate: %s", ic->collection.name, err);
       return -1;
     }
     /* The embedded broker's log starts empty on every run; offsets stored by
      * an earlier run would point past its end. */
-    if (r->broker && rv_ingest_forget_offsets(&ic, err, sizeof err)) {
-      rv_error(LOG, "ingest %s: %s", ic.collection.name, err);
+    if (r->broker && rv_ingest_forget_offsets(ic, err, sizeof err)) {
+      rv_error(LOG, "ingest %s: %s", ic->collection.name, err);
       return -1;
     }
-    r->ingest[i] = rv_ingest_new(&ic, err, sizeof err);
+  }
+  /* Replicas next, so that serve can answer as soon as it listens. Each
+   * bootstraps from its snapshot, else PostgreSQL, else the changelog.
+   * Snapshot offsets are positions in one broker's log: the embedded broker
+   * starts empty on every run, so its replicas neither load nor save
+   * snapshots, and load from PostgreSQL with the stored versions marked as
+   * older than the new log's (rv_pgload.h, fresh_log): the re-ingested
+   * records of this run then replace them. */
+  for (int g = 0; g < t->n_regions; g++) {
+    const rv_region_conf_t *rg = &t->region_conf[g];
+    if (rg->snapshot_dir[0] && r->broker)
+      rv_warn(LOG, "region %s: snapshot_dir ignored: the embedded Kafka log starts over on every run", rg->name);
+    if (rg->snapshot_dir[0] && !r->broker && mkdir_p(rg->snapshot_dir)) {
+      rv_error(LOG, "cannot create snapshot_dir %s: %s", rg->snapshot_dir, strerror(errno));
+      return -1;
+    }
+    /* TODO(fan-out): in-process shards need serve to fan a search out to them. */
+    if (rg->shards > 1)
+      rv_warn(LOG, "region %s: shards: %d applies to `ruvector index`; pipeline run keeps one replica per region",
+              rg->name, rg->shards);
+  }
+  for (int i = 0; i < t->n_collections; i++) {
+    const rv_collection_conf_t *col = &t->collections[i];
+    rv_pgload_conf_t pc;
+    memset(&pc, 0, sizeof pc);
+    snprintf(pc.conninfo, sizeof pc.conninfo, "%s", r->pg_conninfo);
+    snprintf(pc.collection, sizeof pc.collection, "%s", col->name);
+    snprintf(pc.source_topic, sizeof pc.source_topic, "%s", col->source_topic);
+    pc.fresh_log = r->broker != NULL;
+    if (!(r->stores[i] = rv_pgload_new(&pc, err, sizeof err))) {
+      rv_error(LOG, "replica %s: %s", col->name, err);
+      return -1;
+    }
+    for (int g = 0; g < t->n_regions; g++) {
+      const rv_region_conf_t *rg = &t->region_conf[g];
+      rv_replica_conf_t rc;
+      rv_replica_conf_from_topology(t, i, g, r->bootstrap, 0, 1, &rc);
+      rc.store = rv_pgload_store(r->stores[i]);
+      if (rg->snapshot_dir[0] && !r->broker &&
+          rv_replica_snapshot_path(rc.snapshot_path, sizeof rc.snapshot_path, rg->snapshot_dir, col->name, rg->name,
+                                   0, 1)) {
+        rv_error(LOG, "snapshot_dir %s: path too long", rg->snapshot_dir);
+        return -1;
+      }
+      r->replicas[i][g] = rv_replica_new(&rc, err, sizeof err);
+      if (!r->replicas[i][g] || rv_replica_start(r->replicas[i][g], err, sizeof err)) {
+        rv_error(LOG, "replica %s/%s: %s", col->name, t->regions[g], err);
+        return -1;
+      }
+      r->replica_metrics[i][g] = rv_replica_metrics_new(r->metrics, r->replicas[i][g], rg->name, col->name, 0, 1);
+    }
+  }
+  /* Ingest */
+  for (int i = 0; i < t->n_collections; i++) {
+    rv_ingest_conf_t *ic = &ics[i];
+    r->ingest[i] = rv_ingest_new(ic, err, sizeof err);
     if (!r->ingest[i] || rv_ingest_start(r->ingest[i], err, sizeof err)) {
-      rv_error(LOG, "ingest %s: %s", ic.collection.name, err);
+      rv_error(LOG, "ingest %s: %s", ic->collection.name, err);
       return -1;
     }
   }
@@ -335,8 +362,13 @@ static void stop_stages(runner_t *r) {
   }
   rv_serve_destroy(r->serve);
   for (int i = 0; i < t->n_collections; i++) rv_ingest_destroy(r->ingest[i]);
-  for (int i = 0; i < t->n_collections; i++)
-    for (int g = 0; g < t->n_regions; g++) rv_replica_destroy(r->replicas[i][g]);
+  for (int i = 0; i < t->n_collections; i++) {
+    for (int g = 0; g < t->n_regions; g++) {
+      rv_replica_destroy(r->replicas[i][g]);
+      rv_replica_metrics_destroy(r->replica_metrics[i][g]);
+    }
+    rv_pgload_destroy(r->stores[i]); /* after its replicas */
+  }
   rv_redis_server_stop(r->redis);
   rv_pg_server_stop(r->pg);
   if (r->broker) rv_broker_destroy(r->broker);
@@ -399,6 +431,8 @@ int rv_pipeline_run(const rv_topology_t *topo, const rv_run_opts_t *opts) {
           printf("published %lld records from %s (%lld failed)\n", (long long)r->load_delivered,
                  opts->load_path, (long long)r->load_failed);
       }
+      for (int i = 0; i < topo->n_collections; i++)
+        for (int g = 0; g < topo->n_regions; g++) rv_replica_metrics_update(r->replica_metrics[i][g]);
       if (rv_mono_ms() - last >= period) {
         last = rv_mono_ms();
         print_progress(r, started);

@@ -377,14 +377,15 @@ static const char *const ingest_keys[] = {"batch_rows", "batch_ms",     "max_met
                                           "sq8_train_wait_ms", "pq_m"};
 static const char *const index_keys[] = {"m",           "ef_construction", "ef_search",
                                          "storage",     "sq8_train",       "snapshot_dir",
-                                         "snapshot_interval_s"};
+                                         "snapshot_interval_s", "max_lag_ms",    "after_timeout_ms",
+                                         "tombstone_ms"};
 static const char *const serve_keys[] = {"listen", "workers"};
 static const char *const cache_keys[] = {"l1_entries", "l2_ttl_s"};
 static const char *const collection_keys[] = {"name",      "dim",    "metric", "partitions",
                                               "schema_id", "topics", "fields", "sq8_params"};
 static const char *const topic_keys[] = {"source", "changelog", "dlq"};
 static const char *const field_keys[] = {"name", "type"};
-static const char *const region_keys[] = {"name"};
+static const char *const region_keys[] = {"name", "listen", "shards", "ef_search", "snapshot_dir"};
 
 #define NKEYS(a) ((int)(sizeof(a) / sizeof(a)[0]))
 
@@ -524,6 +525,11 @@ static void load_index(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
     get_str(c, v, "index.snapshot_dir", t->snapshot_dir, sizeof t->snapshot_dir);
   if ((v = field(c, n, "index", &f, 6, index_keys, 0)))
     get_int(c, v, "index.snapshot_interval_s", 0, 86400, &t->snapshot_interval_s);
+  if ((v = field(c, n, "index", &f, 7, index_keys, 0))) get_int(c, v, "index.max_lag_ms", 1, 3600000, &t->max_lag_ms);
+  if ((v = field(c, n, "index", &f, 8, index_keys, 0)))
+    get_int(c, v, "index.after_timeout_ms", 0, 600000, &t->after_timeout_ms);
+  if ((v = field(c, n, "index", &f, 9, index_keys, 0)))
+    get_int(c, v, "index.tombstone_ms", 1, 86400000, &t->tombstone_ms);
 }
 
 static void load_serve(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
@@ -728,6 +734,44 @@ static void load_collections(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
   }
 }
 
+/* A region's settings before its own keys: the pipeline-wide ones (index is
+ * loaded before regions). */
+static void region_defaults(const rv_topology_t *t, rv_region_conf_t *rc, const char *name) {
+  memset(rc, 0, sizeof *rc);
+  snprintf(rc->name, sizeof rc->name, "%s", name);
+  strcpy(rc->listen_host, "127.0.0.1");
+  rc->shards = 1;
+  rc->ef_search = t->hnsw_ef_search;
+  memcpy(rc->snapshot_dir, t->snapshot_dir, sizeof rc->snapshot_dir);
+}
+
+/* The keys of a region written as a mapping, into rc (defaults already in it). */
+static void load_region_keys(ctx_t *c, const char *ip, const keyed_t *f, yaml_node_t *item, rv_region_conf_t *rc,
+                             yaml_node_t **listen_node) {
+  yaml_node_t *v;
+  if ((v = field(c, item, ip, f, 1, region_keys, 0))) {
+    const char *lp = SUB(ip, "listen");
+    const char *s = text_of(c, v, lp);
+    char host[sizeof rc->listen_host];
+    int port;
+    const char *why = NULL;
+    if (s && (why = split_hostport(s, host, sizeof host, &port, 0))) {
+      problem(c, v, lp, "invalid address '%s': %s", SHOWN(s), why);
+    } else if (s) {
+      memcpy(rc->listen_host, host, sizeof host);
+      rc->listen_port = port;
+      *listen_node = v;
+    }
+  }
+  if ((v = field(c, item, ip, f, 2, region_keys, 0))) get_int(c, v, SUB(ip, "shards"), 1, 64, &rc->shards);
+  if ((v = field(c, item, ip, f, 3, region_keys, 0))) get_int(c, v, SUB(ip, "ef_search"), 1, 10000, &rc->ef_search);
+  if ((v = field(c, item, ip, f, 4, region_keys, 0)))
+    get_str(c, v, SUB(ip, "snapshot_dir"), rc->snapshot_dir, sizeof rc->snapshot_dir);
+  /* Shard i listens on listen_port + i. */
+  if (*listen_node && rc->listen_port > 0 && rc->listen_port + rc->shards - 1 > 65535)
+    problem(c, *listen_node, SUB(ip, "listen"), "port %d + %d shards runs past 65535", rc->listen_port, rc->shards);
+}
+
 static void load_regions(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
   if (!is_list(c, n, "regions")) return;
   if (list_len(n) == 0) {
@@ -735,6 +779,7 @@ static void load_regions(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
     return;
   }
   yaml_node_t *first[RV_MAX_REGIONS] = {0};
+  yaml_node_t *listen_at[RV_MAX_REGIONS] = {0};
   t->n_regions = 0;
   for (int i = 0; i < list_len(n); i++) {
     yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
@@ -743,11 +788,13 @@ static void load_regions(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
       problem(c, item, "regions", "too many regions (at most %d)", RV_MAX_REGIONS);
       break;
     }
-    char ip[160];
+    char ip[160], base[160];
     sub(ip, sizeof ip, "regions", NULL, i);
+    memcpy(base, ip, sizeof base);
     yaml_node_t *v = item;
-    if (item->type == YAML_MAPPING_NODE) {
-      keyed_t f;
+    keyed_t f;
+    int mapping = item->type == YAML_MAPPING_NODE;
+    if (mapping) {
       keyed_map(c, item, ip, region_keys, NKEYS(region_keys), &f);
       if (!(v = field(c, item, ip, &f, 0, region_keys, 1))) continue;
       snprintf(ip, sizeof ip, "regions[%d].name", i);
@@ -766,6 +813,21 @@ static void load_regions(ctx_t *c, yaml_node_t *n, rv_topology_t *t) {
       }
     }
     if (dup) continue;
+    rv_region_conf_t *rc = &t->region_conf[t->n_regions];
+    region_defaults(t, rc, name);
+    yaml_node_t *listen = NULL;
+    if (mapping) load_region_keys(c, base, &f, item, rc, &listen);
+    /* Two regions' shards on one host must not share a port (port 0 picks a free one). */
+    for (int j = 0; listen && rc->listen_port > 0 && j < t->n_regions; j++) {
+      const rv_region_conf_t *o = &t->region_conf[j];
+      if (!listen_at[j] || o->listen_port <= 0 || strcmp(o->listen_host, rc->listen_host)) continue;
+      if (rc->listen_port < o->listen_port + o->shards && o->listen_port < rc->listen_port + rc->shards) {
+        problem(c, listen, SUB(base, "listen"), "ports %d..%d overlap those of region '%s' (line %zu)",
+                rc->listen_port, rc->listen_port + rc->shards - 1, o->name, listen_at[j]->start_mark.line + 1);
+        break;
+      }
+    }
+    listen_at[t->n_regions] = listen;
     first[t->n_regions] = v;
     memcpy(t->regions[t->n_regions++], name, sizeof name);
   }
@@ -794,6 +856,9 @@ static void set_defaults(rv_topology_t *t) {
   t->hnsw_ef_construction = 100;
   t->hnsw_ef_search = 64;
   t->hnsw_sq8_train = 1000;
+  t->max_lag_ms = 5000;
+  t->after_timeout_ms = 5000;
+  t->tombstone_ms = 60000;
   strcpy(t->regions[0], "local");
   t->n_regions = 1;
   strcpy(t->serve_host, "127.0.0.1");
@@ -825,6 +890,7 @@ static void load_root(ctx_t *c, yaml_node_t *root, rv_topology_t *t) {
   if ((v = field(c, root, "", &f, K_INGEST, top_keys, 0))) load_ingest(c, v, t);
   if ((v = field(c, root, "", &f, K_INDEX, top_keys, 0))) load_index(c, v, t);
   if ((v = field(c, root, "", &f, K_REGIONS, top_keys, 0))) load_regions(c, v, t);
+  else region_defaults(t, &t->region_conf[0], t->regions[0]); /* the default [local], after index */
   if ((v = field(c, root, "", &f, K_SERVE, top_keys, 0))) load_serve(c, v, t);
   if ((v = field(c, root, "", &f, K_CACHE, top_keys, 0))) load_cache(c, v, t);
   if ((v = field(c, root, "", &f, K_ENDPOINTS_FILE, top_keys, 0)))

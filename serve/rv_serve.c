@@ -383,6 +383,20 @@ static int http_send_headers(session_t *ss, struct lws *wsi) {
   return 0;
 }
 
+/* /ready (want_ready) and /startup: 1 when every replica served is ready
+ * (rv_replica_ready) or, for /startup, bootstrapped. */
+static int replicas_all(const rv_serve_t *s, int want_ready) {
+  for (int i = 0; i < s->conf.n_collections; i++) {
+    const rv_serve_collection_t *c = &s->conf.collections[i];
+    for (int j = 0; j < c->n_replicas; j++) {
+      rv_replica_stats_t st;
+      if (!want_ready) rv_replica_stats(c->replicas[j], &st);
+      if (want_ready ? !rv_replica_ready(c->replicas[j]) : !st.bootstrapped) return 0;
+    }
+  }
+  return 1;
+}
+
 static int http_request(rv_serve_t *s, session_t *ss, struct lws *wsi, const char *path) {
   int get = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0;
   unsigned status = HTTP_STATUS_OK;
@@ -398,6 +412,11 @@ static int http_request(rv_serve_t *s, session_t *ss, struct lws *wsi, const cha
     content_type = RV_METRICS_CONTENT_TYPE;
   } else if (get && !strcmp(path, "/health")) {
     body = strdup("{\"status\":\"ok\"}");
+    len = body ? strlen(body) : 0;
+  } else if (get && (!strcmp(path, "/ready") || !strcmp(path, "/startup"))) {
+    int ok = replicas_all(s, path[1] == 'r');
+    status = ok ? HTTP_STATUS_OK : HTTP_STATUS_SERVICE_UNAVAILABLE;
+    body = strdup(ok ? "{\"status\":\"ok\"}" : path[1] == 'r' ? "{\"status\":\"not ready\"}" : "{\"status\":\"starting\"}");
     len = body ? strlen(body) : 0;
   } else if (get && !strcmp(path, "/api/stats")) {
     body = stats_json(s, &len);

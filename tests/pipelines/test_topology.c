@@ -649,6 +649,79 @@ static void test_aliases_resolve(void **state) {
   rv_diags_close(&d);
 }
 
+/* ---- regions with their own settings, and the replica keys of index ------- */
+
+static void test_region_settings(void **state) {
+  (void)state;
+  rv_topology_t t;
+  /* defaults: the pipeline-wide keys, for the implicit [local] and a plain list */
+  parse_ok(MINIMAL "index: {ef_search: 99, snapshot_dir: /tmp/s}\n", &t);
+  assert_int_equal(t.max_lag_ms, 5000);
+  assert_int_equal(t.after_timeout_ms, 5000);
+  assert_int_equal(t.tombstone_ms, 60000);
+  assert_int_equal(t.n_regions, 1);
+  assert_string_equal(t.region_conf[0].name, "local");
+  assert_string_equal(t.region_conf[0].listen_host, "127.0.0.1");
+  assert_int_equal(t.region_conf[0].listen_port, 0);
+  assert_int_equal(t.region_conf[0].shards, 1);
+  assert_int_equal(t.region_conf[0].ef_search, 99);
+  assert_string_equal(t.region_conf[0].snapshot_dir, "/tmp/s");
+  parse_ok(MINIMAL "index: {ef_search: 77}\nregions: [a, b]\n", &t);
+  assert_int_equal(t.n_regions, 2);
+  assert_string_equal(t.regions[1], "b");
+  assert_string_equal(t.region_conf[1].name, "b");
+  assert_int_equal(t.region_conf[1].ef_search, 77);
+  assert_int_equal(t.region_conf[1].shards, 1);
+  /* every key, mixed with plain names */
+  parse_ok(MINIMAL "index:\n  max_lag_ms: 250\n  after_timeout_ms: 0\n  tombstone_ms: 1000\n"
+                   "regions:\n  - eu\n  - name: us\n    listen: \"[::1]:9100\"\n    shards: 2\n"
+                   "    ef_search: 40\n    snapshot_dir: /var/snap/us\n  - {name: asia, listen: '0.0.0.0:9100'}\n",
+           &t);
+  assert_int_equal(t.max_lag_ms, 250);
+  assert_int_equal(t.after_timeout_ms, 0);
+  assert_int_equal(t.tombstone_ms, 1000);
+  assert_int_equal(t.n_regions, 3);
+  assert_string_equal(t.regions[0], "eu");
+  assert_string_equal(t.regions[1], "us");
+  assert_string_equal(t.regions[2], "asia");
+  const rv_region_conf_t *us = &t.region_conf[1];
+  assert_string_equal(us->name, "us");
+  assert_string_equal(us->listen_host, "::1");
+  assert_int_equal(us->listen_port, 9100);
+  assert_int_equal(us->shards, 2);
+  assert_int_equal(us->ef_search, 40);
+  assert_string_equal(us->snapshot_dir, "/var/snap/us");
+  assert_string_equal(t.region_conf[2].listen_host, "0.0.0.0");
+  assert_int_equal(t.region_conf[2].listen_port, 9100); /* another host: no clash */
+  assert_int_equal(t.region_conf[0].ef_search, 64);
+}
+
+static void test_region_errors(void **state) {
+  (void)state;
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    shards: 0\n", 7, 13,
+                     "regions[0].shards: value 0 out of range 1..64");
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    shards: 65\n", 7, 13, "value 65 out of range 1..64");
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    listen: nowhere\n", 7, 13,
+                     "regions[0].listen: invalid address 'nowhere': expected host:port");
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    listen: 'h:70000'\n", 7, 13, "port out of range 0..65535");
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    ef_search: x\n", 7, 16,
+                     "regions[0].ef_search: expected an integer, got 'x'");
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    snapshot_dir: ''\n", 7, 19,
+                     "regions[0].snapshot_dir: must not be empty");
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    shard: 2\n", 7, 5,
+                     "regions[0]: unknown key 'shard' (did you mean 'shards'?)");
+  assert_one_problem(MINIMAL "regions:\n  - listen: 'h:1'\n", 6, 5, "regions[0]: missing required key 'name'");
+  assert_one_problem(MINIMAL "regions:\n  - name: eu\n    listen: 'h:65535'\n    shards: 2\n", 7, 13,
+                     "port 65535 + 2 shards runs past 65535");
+  assert_one_problem(MINIMAL "regions:\n  - {name: eu, listen: 'h:9000', shards: 3}\n"
+                             "  - {name: us, listen: 'h:9002'}\n",
+                     7, 24, "regions[1].listen: ports 9002..9002 overlap those of region 'eu' (line 6)");
+  assert_one_problem(MINIMAL "index:\n  max_lag_ms: 0\n", 6, 15, "index.max_lag_ms: value 0 out of range 1..3600000");
+  assert_one_problem(MINIMAL "index:\n  after_timeout_ms: -1\n", 6, 21, "index.after_timeout_ms: value -1 out of range");
+  assert_one_problem(MINIMAL "index:\n  tombstone_ms: soon\n", 6, 17, "index.tombstone_ms: expected an integer");
+  assert_one_problem(MINIMAL "index:\n  max_lag_s: 5\n", 6, 3, "unknown key 'max_lag_s' (did you mean 'max_lag_ms'?)");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_demo_loads_with_defaults),
@@ -678,6 +751,8 @@ int main(void) {
       cmocka_unit_test(test_schema_registry),
       cmocka_unit_test(test_quantization_and_partition_keys),
       cmocka_unit_test(test_pq_m),
+      cmocka_unit_test(test_region_settings),
+      cmocka_unit_test(test_region_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
