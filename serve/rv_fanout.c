@@ -153,7 +153,7 @@ static char *results_text(rv_fanout_t *f, size_t *len) {
                          (long long)(rv_mono_us() - f->received_us), (unsigned long long)as_of,
                          missing ? "true" : "false");
   if (!err && missing) {
-    err = rv_buf_append(&b, ",\"missing_shards\":[", 19);
+    err = rv_buf_appendf(&b, ",\"missing_shards\":[");
     for (int i = 0, first = 1; i < f->n && !err; i++)
       if (f->parts[i].state == PART_MISSING) {
         err = rv_buf_appendf(&b, "%s%d", first ? "" : ",", i);

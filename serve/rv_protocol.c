@@ -476,9 +476,9 @@ char *rv_request_search_json(const rv_request_t *r, size_t *len) {
   rv_buf_t b;
   rv_buf_init(&b);
   rv_err_t err = rv_buf_reserve(&b, 128 + (size_t)r->dim * 16 + (r->filter_key ? strlen(r->filter_key) : 0));
-  if (!err) err = rv_buf_append(&b, "{\"type\":\"search\",\"collection\":", 32);
+  if (!err) err = rv_buf_appendf(&b, "{\"type\":\"search\",\"collection\":");
   if (!err) err = append_string(&b, r->collection);
-  if (!err) err = rv_buf_append(&b, ",\"vector\":[", 11);
+  if (!err) err = rv_buf_appendf(&b, ",\"vector\":[");
   for (int i = 0; i < r->dim && !err; i++) /* 9 significant digits round-trip a float32 */
     err = rv_buf_appendf(&b, "%s%.9g", i ? "," : "", (double)r->vector[i]);
   if (!err) err = rv_buf_appendf(&b, "],\"k\":%d", r->k);
