@@ -584,7 +584,7 @@ static rv_err_t check_id(const char *id) {
 /* Writes slot s for a new vector (c->qf). A reused slot gives up its old
  * level, links, id and version (the caller holds the reuse lock exclusively). */
 static void write_slot(rv_hnsw_t *h, rv__hnsw_ctx_t *c, uint32_t s, int level, _Atomic uint32_t *upper, char *idc,
-                       int reused) {
+                       int reused, const uint8_t *code) {
   rv__hnsw_slot_t *sl = rv__hnsw_slot(h, s);
   size_t upper_n = (size_t)level * (size_t)(h->maxM + 1);
   if (reused) {
@@ -603,7 +603,12 @@ static void write_slot(rv_hnsw_t *h, rv__hnsw_ctx_t *c, uint32_t s, int level, _
   atomic_fetch_add(&h->upper_bytes, upper_n * sizeof(uint32_t));
   atomic_fetch_add(&h->id_bytes, strlen(idc) + 1);
   unsigned char *rec = rv__hnsw_rec(h, s);
-  rv__hnsw_encode(h, c->qf, rec);
+  if (code) { /* SQ8 with the caller's code, byte for byte */
+    memcpy(rec, code, (size_t)h->dim);
+    rv__hnsw_encode_sq8_tail(h, rec);
+  } else {
+    rv__hnsw_encode(h, c->qf, rec);
+  }
   if (h->keep_floats) {
     float *f = rv__hnsw_floats(h, s);
     memcpy(f, c->qf, (size_t)h->dim * sizeof(float));
@@ -613,14 +618,21 @@ static void write_slot(rv_hnsw_t *h, rv__hnsw_ctx_t *c, uint32_t s, int level, _
   atomic_store_explicit(rv__hnsw_state(h, s), RV__SLOT_INSERTING, memory_order_release);
 }
 
-rv_err_t rv_hnsw_upsert(rv_hnsw_t *h, const char *id, const float *vec, int dim, uint32_t *internal_id) {
-  if (!h || !vec) return RV_ERR_INVALID;
+static rv_err_t upsert(rv_hnsw_t *h, const char *id, const float *vec, int dim, const uint8_t *code,
+                       uint32_t *internal_id) {
+  if (!h || (!vec && !code)) return RV_ERR_INVALID;
   if (dim != h->dim) return RV_ERR_DIM;
   if (check_id(id)) return RV_ERR_INVALID;
   if (!rv_hnsw_ready(h)) return RV_ERR_STATE;
   rv__hnsw_ctx_t *c = rv__hnsw_ctx_get(h);
   if (!c) return RV_ERR_NOMEM;
-  rv_err_t err = load_vector(h, vec, c->qf);
+  rv_err_t err;
+  if (vec) {
+    err = load_vector(h, vec, c->qf);
+  } else { /* only a code: its decoded vector is the float one (graph and re-rank) */
+    rv_sq8_decode(h->sq8, code, c->vc);
+    err = load_vector(h, c->vc, c->qf);
+  }
   if (!err) err = rv__hnsw_prepare_query(h, c);
   if (err) {
     rv__hnsw_ctx_put(h, c);
@@ -647,7 +659,7 @@ rv_err_t rv_hnsw_upsert(rv_hnsw_t *h, const char *id, const float *vec, int dim,
    * included, happens with searches shut out. */
   rv__hnsw_slot_t *sl = rv__hnsw_slot(h, s);
   if (!reused) {
-    write_slot(h, c, s, level, upper, idc, 0);
+    write_slot(h, c, s, level, upper, idc, 0, code);
     pthread_rwlock_rdlock(&h->reuse_lock);
     err = rv__hnsw_plan(h, c, s, level);
     if (!err) rv__hnsw_write_own(h, c, s);
@@ -656,7 +668,7 @@ rv_err_t rv_hnsw_upsert(rv_hnsw_t *h, const char *id, const float *vec, int dim,
     err = rv__hnsw_plan(h, c, s, level);
     pthread_rwlock_unlock(&h->reuse_lock);
     pthread_rwlock_wrlock(&h->reuse_lock);
-    write_slot(h, c, s, level, upper, idc, 1);
+    write_slot(h, c, s, level, upper, idc, 1, code);
     if (!err) rv__hnsw_write_own(h, c, s);
     pthread_rwlock_unlock(&h->reuse_lock);
     pthread_rwlock_rdlock(&h->reuse_lock);
@@ -691,6 +703,33 @@ rv_err_t rv_hnsw_upsert(rv_hnsw_t *h, const char *id, const float *vec, int dim,
     }
   }
   rv__hnsw_ctx_put(h, c);
+  return err;
+}
+
+rv_err_t rv_hnsw_upsert(rv_hnsw_t *h, const char *id, const float *vec, int dim, uint32_t *internal_id) {
+  if (!vec) return RV_ERR_INVALID;
+  return upsert(h, id, vec, dim, NULL, internal_id);
+}
+
+rv_err_t rv_hnsw_upsert_sq8(rv_hnsw_t *h, const char *id, const float *vec, int dim, const uint8_t *code,
+                            size_t code_len, uint32_t *internal_id) {
+  if (!h || !code) return RV_ERR_INVALID;
+  if (h->conf.storage != RV_HNSW_SQ8) return RV_ERR_STATE;
+  if (code_len != (size_t)h->dim) return RV_ERR_DIM;
+  return upsert(h, id, vec, dim, code, internal_id);
+}
+
+rv_err_t rv_hnsw_get_sq8_code(const rv_hnsw_t *hc, uint32_t iid, uint8_t *out, size_t len) {
+  rv_hnsw_t *h = (rv_hnsw_t *)hc;
+  if (!h || !out) return RV_ERR_INVALID;
+  if (h->conf.storage != RV_HNSW_SQ8) return RV_ERR_STATE;
+  if (len < (size_t)h->dim) return RV_ERR_INVALID;
+  if (iid >= rv_hnsw_id_bound(h)) return RV_ERR_NOT_FOUND;
+  rv_err_t err = RV_OK;
+  pthread_rwlock_rdlock(&h->reuse_lock);
+  if (atomic_load_explicit(rv__hnsw_state(h, iid), memory_order_acquire) != RV__SLOT_LIVE) err = RV_ERR_NOT_FOUND;
+  else memcpy(out, rv__hnsw_rec(h, iid), (size_t)h->dim);
+  pthread_rwlock_unlock(&h->reuse_lock);
   return err;
 }
 

@@ -124,6 +124,16 @@ int rv_hnsw_ready(const rv_hnsw_t *h);
  * Thread: any; concurrent writers and searches allowed (see the top). */
 rv_err_t rv_hnsw_upsert(rv_hnsw_t *h, const char *id, const float *vec, int dim, uint32_t *internal_id);
 
+/* As rv_hnsw_upsert, for SQ8 storage, storing code (code_len == dim bytes,
+ * made by the installed quantizer, e.g. by ingest with the same parameters)
+ * byte for byte instead of encoding vec. vec (the float vector, kept for
+ * re-ranking and used to build the graph) may be NULL: the decoded code then
+ * stands for it. RV_ERR_STATE if the storage is not SQ8 or no quantizer is
+ * installed; RV_ERR_DIM if code_len != dim; otherwise as rv_hnsw_upsert.
+ * Thread: as rv_hnsw_upsert. */
+rv_err_t rv_hnsw_upsert_sq8(rv_hnsw_t *h, const char *id, const float *vec, int dim, const uint8_t *code,
+                            size_t code_len, uint32_t *internal_id);
+
 /* Removes id: its slot becomes a tombstone (skipped in results, still
  * navigable), the in-links of its neighbours are repaired with the selection
  * heuristic, and the slot goes on the free list for reuse by a later insert.
@@ -163,6 +173,11 @@ rv_err_t rv_hnsw_external_id(const rv_hnsw_t *h, uint32_t iid, char *buf, size_t
  * under cosine). RV_ERR_NOT_FOUND if not live; RV_ERR_STATE for PQ without
  * floats. Thread: any (holds the reuse lock shared while copying). */
 rv_err_t rv_hnsw_get_vector(const rv_hnsw_t *h, uint32_t iid, float *out);
+
+/* SQ8 storage: copies the dim code bytes of live slot iid into out (len >=
+ * dim). RV_ERR_NOT_FOUND if not live, RV_ERR_STATE if the storage is not
+ * SQ8, RV_ERR_INVALID if len < dim. Thread: any. */
+rv_err_t rv_hnsw_get_sq8_code(const rv_hnsw_t *h, uint32_t iid, uint8_t *out, size_t len);
 
 /* Pointer to slot iid's float vector (dim floats, unit length under cosine),
  * or NULL (out of range, never written, PQ without floats). No copy, no lock:

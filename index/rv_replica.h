@@ -286,4 +286,17 @@ const rv_collection_conf_t *rv_replica_collection(const rv_replica_t *r);
  * before the first apply; NULL removes it. */
 void rv__replica_set_apply_hook(rv_replica_t *r, void (*fn)(void *ctx, const char *stage), void *ctx);
 
+/* Without an applier (no brokers): runs the store bootstrap (conf.store.load
+ * into a fresh state, swapped in) on the caller's thread, as the applier
+ * would at start; rv_replica_load_mark_end then marks no partitions.
+ * RV_ERR_STATE without store.load or once started; else the load's result. */
+rv_err_t rv__replica_bootstrap(rv_replica_t *r);
+
+/* Without an applier: the changelog partition count rv_replica_owns_id uses. */
+void rv__replica_set_partition_count(rv_replica_t *r, int n);
+
+/* SQ8: copies the code the index stores for live id into out (len >= dim).
+ * RV_ERR_NOT_FOUND, RV_ERR_STATE (float index). Thread: any. */
+rv_err_t rv__replica_get_code(rv_replica_t *r, const char *id, uint8_t *out, size_t len);
+
 #endif
