@@ -18,7 +18,7 @@ typedef struct client_call {
   char why[512];
 } client_call_t;
 
-static void client_call_done(void *arg, int tag, json_t *reply, const char *why) {
+static inline void client_call_done(void *arg, int tag, json_t *reply, const char *why) {
   (void)tag;
   client_call_t *c = arg;
   pthread_mutex_lock(&c->lock);
@@ -29,25 +29,46 @@ static void client_call_done(void *arg, int tag, json_t *reply, const char *why)
   pthread_mutex_unlock(&c->lock);
 }
 
-/* Sends body (a JSON object without "id") to endpoint ep of rm and waits up
- * to timeout_ms for the reply. Returns it (caller decrefs) or NULL with why. */
-static json_t *client_request(rv_remote_t *rm, int ep, const char *body, int timeout_ms, char *why, size_t why_size) {
-  client_call_t c = {.done = 0};
-  pthread_mutex_init(&c.lock, NULL);
-  pthread_cond_init(&c.cond, NULL);
+/* Starts a request: body (a JSON object without "id") to endpoint ep of rm,
+ * answered (or failed) within timeout_ms. 0, or -1 if it could not be sent. */
+static inline int client_send(client_call_t *c, rv_remote_t *rm, int ep, const char *body, int timeout_ms) {
+  memset(c, 0, sizeof *c);
+  pthread_mutex_init(&c->lock, NULL);
+  pthread_cond_init(&c->cond, NULL);
   rv_err_t err = rv_remote_send(rm, ep, body, strlen(body), rv_mono_us() + (int64_t)timeout_ms * 1000,
-                                client_call_done, &c, 0);
-  if (err) {
-    snprintf(why, why_size, "send failed: %d", (int)err);
-    return NULL;
+                                client_call_done, c, 0);
+  if (err) { /* otherwise the reply may already be in: c belongs to the callback */
+    snprintf(c->why, sizeof c->why, "send failed: %d", (int)err);
+    c->done = 1;
   }
-  pthread_mutex_lock(&c.lock);
-  while (!c.done) pthread_cond_wait(&c.cond, &c.lock); /* the deadline always reports */
-  pthread_mutex_unlock(&c.lock);
-  snprintf(why, why_size, "%s", c.why);
-  pthread_cond_destroy(&c.cond);
-  pthread_mutex_destroy(&c.lock);
-  return c.reply;
+  return err ? -1 : 0;
+}
+
+/* 1 if c has been answered (or failed). */
+static inline int client_done(client_call_t *c) {
+  pthread_mutex_lock(&c->lock);
+  int d = c->done;
+  pthread_mutex_unlock(&c->lock);
+  return d;
+}
+
+/* Waits for c (its deadline always reports) and returns the reply (caller
+ * decrefs) or NULL with why. */
+static inline json_t *client_wait(client_call_t *c, char *why, size_t why_size) {
+  pthread_mutex_lock(&c->lock);
+  while (!c->done) pthread_cond_wait(&c->cond, &c->lock);
+  pthread_mutex_unlock(&c->lock);
+  snprintf(why, why_size, "%s", c->why);
+  pthread_cond_destroy(&c->cond);
+  pthread_mutex_destroy(&c->lock);
+  return c->reply;
+}
+
+/* client_send then client_wait. */
+static inline json_t *client_request(rv_remote_t *rm, int ep, const char *body, int timeout_ms, char *why, size_t why_size) {
+  client_call_t c;
+  client_send(&c, rm, ep, body, timeout_ms);
+  return client_wait(&c, why, why_size);
 }
 
 #endif
