@@ -57,7 +57,7 @@ static rd_kafka_t *make_handle(rv_producer_t *p, char *errstr, size_t errstr_siz
       {"enable.idempotence", "true"},
       {"acks", "all"},
       {"partitioner", "murmur2_random"},
-      {"linger.ms", "5"},
+      {"linger.ms", "0"},
       {"message.timeout.ms", "30000"},
   };
   rd_kafka_conf_t *conf = rv_kafka_conf_new(RV_KAFKA_PROPS(kv), "producer", errstr, errstr_size);
