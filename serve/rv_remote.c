@@ -279,6 +279,9 @@ rv_remote_t *rv_remote_new(const char *const *urls, int n, char *errstr, size_t 
   atomic_init(&rm->stop, 0);
   atomic_init(&rm->outstanding, 0);
   rm->next_id = 1;
+  /* lws logging is process-wide: warnings and errors only (the handler a
+   * serve installed, if any, stays: NULL keeps it). */
+  lws_set_log_level(LLL_ERR | LLL_WARN, NULL);
   rm->protocols[0] = (struct lws_protocols){.name = "rv.v1", .callback = callback, .rx_buffer_size = 65536};
   struct lws_context_creation_info info;
   memset(&info, 0, sizeof info);
