@@ -60,11 +60,15 @@
 #define CONFIRM_TIMEOUT_MS 10000
 #define STOP_GRACE_MS 10000   /* how long stop keeps retrying a failing batch before leaving it unread */
 #define PROGRESS_EVERY_MS 5000
+#define MARKER_PARTS_REFRESH_MS 30000 /* how often the changelog's partition count is asked for again */
 
 typedef struct assigned {
   int32_t partition;
   int64_t committed; /* next offset stored in rv_offsets (or being stored by the commit in flight); -1 when none */
   int64_t next_seen; /* offset the next message should have; -1 when unknown */
+  int64_t owed;      /* next offset committed whose changes wait for publish_committed; -1 when none */
+  int64_t published; /* every change below this offset is queued on the changelog producer (the position
+                        markers list it); -1 when unknown (not drained yet) */
 } assigned_t;
 
 struct rv_ingest {
@@ -76,7 +80,7 @@ struct rv_ingest {
   int started, joined;
   atomic_int stop;
 
-  _Atomic uint64_t consumed, ingested, changes, dead_lettered, batches, retries, lost, published, drained;
+  _Atomic uint64_t consumed, ingested, changes, dead_lettered, batches, retries, lost, published, drained, markers;
 
   /* Owned by the consumer thread once started. */
   rd_kafka_t *consumer;
@@ -107,6 +111,10 @@ struct rv_ingest {
   int gave_up; /* stopping, and Kafka stayed away: publish no more, leave it all in the outbox */
   int publish_owed; /* a committed batch's changes wait in the outbox's current publication until the next
                        batch's COMMIT is sent (write_batch_once) */
+  int64_t owed_at;         /* wall clock of the COMMIT of the newest batch whose positions are owed (ms) */
+  int changelog_parts;     /* partitions of the changelog topic (markers go to each); 0 until known */
+  int64_t parts_at;        /* when changelog_parts was last asked for (mono ms) */
+  rv_buf_t marker;         /* an encoded position marker */
   int64_t progress_at;
   uint64_t progress_consumed, progress_ingested, progress_dead;
 };
@@ -220,6 +228,7 @@ static _Noreturn void fatal_nomem(const char *what) {
 static int finish_flight(rv_ingest_t *in);
 static int finish_flight_ex(rv_ingest_t *in, int defer_publish);
 static void publish_committed(rv_ingest_t *in);
+static void send_marker(rv_ingest_t *in, int64_t committed_at_ms);
 
 /* Connects to PostgreSQL and reads the stored offsets of partitions[0..n),
  * retrying with backoff. Returns 0, or -1 if stop was requested first. */
@@ -267,6 +276,7 @@ static int load_offsets(rv_ingest_t *in, rd_kafka_topic_partition_list_t *parts)
       }
       a = &in->assigned[in->n_assigned++];
       a->partition = ids[i];
+      a->owed = a->published = -1; /* known once drained */
     }
     a->committed = next[i];
     a->next_seen = next[i];
@@ -534,6 +544,53 @@ static int publish(rv_ingest_t *in) {
   return await_published(in, (size_t)in->conf.max_unconfirmed);
 }
 
+static int cmp_position(const void *a, const void *b) {
+  const rv_source_position_t *x = a, *y = b;
+  return (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+/* Queues one position marker (rv_record.h) to every partition of the
+ * changelog, after everything queued so far on the same producer: it lists
+ * the published position of every assigned source partition that has one.
+ * Not in the outbox: a marker lost with a crash is superseded by the next
+ * one. The partition count is asked for now and then (partitions added to
+ * the changelog get markers too); without it, no marker is sent. */
+static void send_marker(rv_ingest_t *in, int64_t committed_at_ms) {
+  if (in->gave_up) return;
+  char e[512];
+  int64_t now = rv_mono_ms();
+  if (in->changelog_parts <= 0 || now - in->parts_at >= MARKER_PARTS_REFRESH_MS) {
+    in->parts_at = now;
+    int n = rv_producer_partition_count(in->changelog, in->conf.collection.changelog_topic, 2000, e, sizeof e);
+    if (n > 0) in->changelog_parts = n;
+    else if (in->changelog_parts <= 0)
+      rv_warn(LOG, "%s: no position markers until the changelog's partitions are known: %s",
+              in->conf.collection.name, e);
+  }
+  if (in->changelog_parts <= 0) return;
+  rv_source_position_t *pos = calloc(in->n_assigned + 1, sizeof *pos);
+  if (!pos) fatal_nomem("marker");
+  rv_marker_t m = {pos, 0, committed_at_ms};
+  for (size_t i = 0; i < in->n_assigned; i++)
+    if (in->assigned[i].published >= 0) pos[m.n++] = (rv_source_position_t){in->assigned[i].partition,
+                                                                           in->assigned[i].published};
+  qsort(pos, (size_t)m.n, sizeof *pos, cmp_position);
+  in->marker.len = 0;
+  rv_err_t err = m.n ? rv_codec_encode_marker(in->codec, &m, &in->marker, e, sizeof e) : RV_OK;
+  free(pos);
+  if (!m.n) return;
+  if (err) {
+    rv_warn(LOG, "%s: encoding a position marker: %s", in->conf.collection.name, e);
+    return;
+  }
+  const rv_header_t kind = {RV_KIND_HEADER, RV_KIND_POSITION, sizeof RV_KIND_POSITION - 1};
+  for (int p = 0; p < in->changelog_parts; p++)
+    if (rv_producer_send_to(in->changelog, in->conf.collection.changelog_topic, p, RV_MARKER_KEY,
+                            sizeof RV_MARKER_KEY - 1, in->marker.base, in->marker.len, &kind, 1, e, sizeof e))
+      fatal_nomem("marker");
+  atomic_fetch_add(&in->markers, 1);
+}
+
 /* Publishes what the outbox holds for the assigned partitions (left by a
  * consumer that died between a COMMIT and its publication, possibly this
  * one in an earlier life). Retries PostgreSQL with backoff; leaves
@@ -566,10 +623,22 @@ static void drain_outbox(rv_ingest_t *in) {
   free(parts);
   in->drain = 0;
   size_t n = rv_outbox_count(in->outbox);
-  if (!n) return;
-  rv_info(LOG, "%s: publishing %zu committed change(s) left in the outbox", in->conf.collection.name, n);
-  if (publish(in) == 0 && await_published(in, 0) == 0) atomic_fetch_add(&in->drained, n);
-  else in->drain = 1;
+  if (n) {
+    rv_info(LOG, "%s: publishing %zu committed change(s) left in the outbox", in->conf.collection.name, n);
+    if (publish(in) || await_published(in, 0)) {
+      in->drain = 1;
+      return;
+    }
+    atomic_fetch_add(&in->drained, n);
+  }
+  /* Every change below the stored offsets is in the changelog or queued now (nothing is in flight): the
+   * positions are known without new traffic. */
+  for (size_t i = 0; i < in->n_assigned; i++) {
+    assigned_t *a = &in->assigned[i];
+    if (a->committed > a->published) a->published = a->committed;
+    a->owed = -1;
+  }
+  send_marker(in, rv_wall_ms());
 }
 
 /* write_batch_once's result when the batch before this one failed to commit:
@@ -638,14 +707,28 @@ pg_failed:
  * these wait there too, so they go out in order. */
 static void publish_committed(rv_ingest_t *in) {
   in->publish_owed = 0;
-  if (in->drain) rv_outbox_clear(in->outbox);
-  else publish(in);
+  if (in->drain) {
+    rv_outbox_clear(in->outbox); /* the drain publishes them, and the marker after them */
+    return;
+  }
+  if (publish(in)) return; /* stopping with Kafka away: everything stays in the outbox */
+  for (size_t i = 0; i < in->n_assigned; i++) {
+    assigned_t *a = &in->assigned[i];
+    if (a->owed > a->published) a->published = a->owed;
+    a->owed = -1;
+  }
+  send_marker(in, in->owed_at);
 }
 
 /* Bookkeeping once b's COMMIT is confirmed: counters, the informational
  * Kafka commit, then b's changelog, unless defer_publish leaves that to the
  * caller (publish_committed). Clears b. */
 static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us, int defer_publish) {
+  in->owed_at = rv_wall_ms(); /* the COMMIT's outcome just arrived */
+  for (size_t i = 0; i < b->n_pos; i++) {
+    assigned_t *a = find_assigned(in, b->pos[i].partition);
+    if (a && b->pos[i].next_offset > a->owed) a->owed = b->pos[i].next_offset;
+  }
   atomic_fetch_add(&in->ingested, b->n_accepted);
   atomic_fetch_add(&in->changes, b->n_rows);
   atomic_fetch_add(&in->dead_lettered, b->n_rejected);
@@ -788,13 +871,14 @@ static void *run(void *arg) {
     int64_t now = rv_mono_ms();
     int timeout = 100;
     if (in->batch.n_messages) {
-      int64_t left = in->batch.opened_ms + in->conf.batch_ms - now;
-      timeout = left < 0 ? 0 : (int)left;
-      if (!timeout && rv_quant_holding(in->quant)) timeout = 20; /* waiting for vectors to train on */
+      /* A batch closes as soon as nothing more is waiting (below): poll without waiting. */
+      timeout = 0;
+      if (rv_quant_holding(in->quant)) timeout = 20; /* waiting for vectors to train on */
     }
     rv_pgwriter_t *fw = flight_pg(in);
     if (fw && timeout > 5) timeout = 5; /* notice its end soon */
     rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
+    int dry = !m; /* nothing was waiting */
     if (m) {
       if (!m->err) on_message(in, m);
       else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -809,8 +893,11 @@ static void *run(void *arg) {
       in->polled_at = now;
       poll_published(in);
     }
+    /* Closed at the caps, or as soon as the consumer has nothing more waiting: low load gets small
+     * prompt batches, high load (a full fetch queue) big ones. */
     if (in->batch.n_messages &&
-        ((int64_t)in->batch.n_messages >= in->conf.batch_rows || now - in->batch.opened_ms >= in->conf.batch_ms) &&
+        (dry || (int64_t)in->batch.n_messages >= in->conf.batch_rows ||
+         now - in->batch.opened_ms >= in->conf.batch_ms) &&
         rv_quant_batch_ready(in->quant, in->pg[in->pg_turn], &in->batch)) /* no quantizer yet: the batch grows until one can be trained */
       write_batch(in);
     if (in->reseek) rewind_assignment(in);
@@ -854,6 +941,7 @@ rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t er
   rv_batch_init(&in->batch);
   rv_batch_init(&in->flight);
   rv_buf_init(&in->scratch);
+  rv_buf_init(&in->marker);
   return in;
 }
 
@@ -874,6 +962,13 @@ static rd_kafka_t *make_consumer(rv_ingest_t *in, char *errstr, size_t errstr_si
        * does not count against it. */
       {"session.timeout.ms", session},
       {"heartbeat.interval.ms", heartbeat},
+      /* Freshness: a broker holds an empty fetch for up to fetch.wait.max.ms (librdkafka's default 500 ms
+       * was a fixed half second per record at low load); answering as soon as one byte is there (fetch.min.bytes 1)
+       * within 10 ms costs idle fetches, not latency. Under load the fetch queue stays full regardless
+       * (queued.min.messages), so batches still reach batch_rows. */
+      {"fetch.wait.max.ms", "10"},
+      {"fetch.min.bytes", "1"},
+      {"fetch.error.backoff.ms", "50"},
   };
   rd_kafka_conf_t *kc = rv_kafka_conf_new(RV_KAFKA_PROPS(kv), "consumer", errstr, errstr_size);
   if (!kc) return NULL;
@@ -988,6 +1083,7 @@ void rv_ingest_destroy(rv_ingest_t *in) {
   rv_batch_close(&in->batch);
   rv_batch_close(&in->flight);
   rv_buf_close(&in->scratch);
+  rv_buf_close(&in->marker);
   free(in->assigned);
   pthread_mutex_destroy(&in->lock);
   free(in);
@@ -1003,4 +1099,5 @@ void rv_ingest_stats(rv_ingest_t *in, rv_ingest_stats_t *out) {
   out->lost = atomic_load(&in->lost);
   out->published = atomic_load(&in->published);
   out->drained = atomic_load(&in->drained);
+  out->markers = atomic_load(&in->markers);
 }

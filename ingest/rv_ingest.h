@@ -58,6 +58,7 @@ typedef struct rv_ingest_stats {
   uint64_t published;     /* changelog records confirmed by Kafka (drained ones included) */
   uint64_t drained;       /* of those, records found in the outbox (left by an earlier run or
                              another consumer between its COMMIT and its publication) */
+  uint64_t markers;       /* position markers queued (each to every changelog partition) */
 } rv_ingest_stats_t;
 
 /* Fills unset (zero) fields of conf with defaults. */

@@ -14,6 +14,7 @@ enum { MSG_UNSENT, MSG_IN_FLIGHT, MSG_DELIVERED, MSG_FAILED };
 
 typedef struct msg {
   char *topic;
+  int32_t partition; /* RD_KAFKA_PARTITION_UA: by key */
   void *key;
   size_t key_len;
   void *value; /* NULL: null value */
@@ -56,7 +57,7 @@ static rd_kafka_t *make_handle(rv_producer_t *p, char *errstr, size_t errstr_siz
       {"enable.idempotence", "true"},
       {"acks", "all"},
       {"partitioner", "murmur2_random"},
-      {"linger.ms", "5"},
+      {"linger.ms", "0"},
       {"message.timeout.ms", "30000"},
   };
   rd_kafka_conf_t *conf = rv_kafka_conf_new(RV_KAFKA_PROPS(kv), "producer", errstr, errstr_size);
@@ -130,7 +131,7 @@ static void produce(rv_producer_t *p, size_t i) {
   msg_t *m = &p->msgs[i];
   rd_kafka_headers_t *h = m->headers ? rd_kafka_headers_copy(m->headers) : NULL;
   rd_kafka_resp_err_t err = rd_kafka_producev(
-      p->rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_MSGFLAGS(0),
+      p->rk, RD_KAFKA_V_TOPIC(m->topic), RD_KAFKA_V_PARTITION(m->partition), RD_KAFKA_V_MSGFLAGS(0),
       RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_VALUE(m->value, m->value_len), RD_KAFKA_V_HEADERS(h),
       RD_KAFKA_V_OPAQUE((void *)(uintptr_t)(p->base_seq + i)), RD_KAFKA_V_END);
   if (err) {
@@ -151,6 +152,13 @@ static void *dup_mem(const void *src, size_t n) {
 rv_err_t rv_producer_send(rv_producer_t *p, const char *topic, const void *key, size_t key_len, const void *value,
                           size_t value_len, const rv_header_t *headers, size_t n_headers, char *errstr,
                           size_t errstr_size) {
+  return rv_producer_send_to(p, topic, RD_KAFKA_PARTITION_UA, key, key_len, value, value_len, headers, n_headers,
+                             errstr, errstr_size);
+}
+
+rv_err_t rv_producer_send_to(rv_producer_t *p, const char *topic, int32_t partition, const void *key, size_t key_len,
+                             const void *value, size_t value_len, const rv_header_t *headers, size_t n_headers,
+                             char *errstr, size_t errstr_size) {
   if (p->n_msgs == p->cap_msgs) {
     size_t cap = p->cap_msgs ? p->cap_msgs * 2 : 256;
     msg_t *msgs = realloc(p->msgs, cap * sizeof *msgs);
@@ -158,7 +166,8 @@ rv_err_t rv_producer_send(rv_producer_t *p, const char *topic, const void *key, 
     p->msgs = msgs;
     p->cap_msgs = cap;
   }
-  msg_t m = {.key_len = key_len, .value_len = value_len, .state = MSG_UNSENT};
+  msg_t m = {.partition = partition < 0 ? RD_KAFKA_PARTITION_UA : partition, .key_len = key_len,
+             .value_len = value_len, .state = MSG_UNSENT};
   m.topic = strdup(topic);
   m.key = key ? dup_mem(key, key_len) : NULL;
   m.value = value ? dup_mem(value, value_len) : NULL;
@@ -231,4 +240,24 @@ rv_err_t rv_producer_confirm_to(rv_producer_t *p, uint64_t mark, int timeout_ms,
     /* Not rd_kafka_flush: it would wait for messages after the mark too. */
     rd_kafka_poll(p->rk, (int)(left < 100 ? left : 100));
   }
+}
+
+int rv_producer_partition_count(rv_producer_t *p, const char *topic, int timeout_ms, char *errstr,
+                                size_t errstr_size) {
+  rd_kafka_topic_t *t = rd_kafka_topic_new(p->rk, topic, NULL);
+  if (!t) {
+    rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "topic handle %s: %s", topic, rd_kafka_err2str(rd_kafka_last_error()));
+    return -1;
+  }
+  const struct rd_kafka_metadata *md = NULL;
+  rd_kafka_resp_err_t err = rd_kafka_metadata(p->rk, 0, t, &md, timeout_ms);
+  int n = -1;
+  if (err) rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "metadata of %s: %s", topic, rd_kafka_err2str(err));
+  else if (md->topic_cnt != 1 || md->topics[0].err)
+    rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "metadata of %s: %s", topic,
+            md->topic_cnt ? rd_kafka_err2str(md->topics[0].err) : "no such topic");
+  else n = md->topics[0].partition_cnt;
+  if (md) rd_kafka_metadata_destroy(md);
+  rd_kafka_topic_destroy(t);
+  return n;
 }

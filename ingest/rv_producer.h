@@ -36,6 +36,16 @@ rv_err_t rv_producer_send(rv_producer_t *p, const char *topic, const void *key, 
                           size_t value_len, const rv_header_t *headers, size_t n_headers, char *errstr,
                           size_t errstr_size);
 
+/* rv_producer_send to one partition of topic (a negative partition: by key). */
+rv_err_t rv_producer_send_to(rv_producer_t *p, const char *topic, int32_t partition, const void *key, size_t key_len,
+                             const void *value, size_t value_len, const rv_header_t *headers, size_t n_headers,
+                             char *errstr, size_t errstr_size);
+
+/* Asks a broker how many partitions topic has (blocks up to timeout_ms).
+ * Returns the count, or -1 with errstr set (unreachable, unknown topic). */
+int rv_producer_partition_count(rv_producer_t *p, const char *topic, int timeout_ms, char *errstr,
+                                size_t errstr_size);
+
 /* Re-sends failed messages, then waits up to timeout_ms for every message
  * sent since the last successful confirm. RV_OK: all delivered, and forgotten.
  * RV_ERR_UNAVAILABLE: some delivery failed (errstr says why; they will be

@@ -15,6 +15,7 @@ const char *rv_reject_code(rv_reject_t r) {
   case RV_REJECT_DECODE: return "decode_error";
   case RV_REJECT_UNKNOWN_SCHEMA: return "unknown_schema_id";
   case RV_REJECT_BAD_ID: return "bad_id";
+  case RV_REJECT_RESERVED_ID: return "reserved_id";
   case RV_REJECT_WRONG_DIM: return "wrong_dim";
   case RV_REJECT_NON_FINITE: return "non_finite";
   case RV_REJECT_MISSING_VECTOR: return "missing_vector";
@@ -70,6 +71,12 @@ static rv_reject_t check_id(const rv_vector_record_t *r, char *msg, size_t msg_s
     return reject(RV_REJECT_BAD_ID, msg, msg_size, "id is %zu bytes, at most %d allowed", r->id_len, RV_ID_MAX);
   if (memchr(r->id, 0, r->id_len)) return reject(RV_REJECT_BAD_ID, msg, msg_size, "id contains a NUL byte");
   if (!rv_utf8_valid(r->id, r->id_len)) return reject(RV_REJECT_BAD_ID, msg, msg_size, "id is not valid UTF-8");
+  /* The changelog is keyed by id, and its own records (position markers) use keys under this prefix. */
+  if (r->id_len >= sizeof RV_RESERVED_ID_PREFIX - 1 &&
+      !memcmp(r->id, RV_RESERVED_ID_PREFIX, sizeof RV_RESERVED_ID_PREFIX - 1))
+    return reject(RV_REJECT_RESERVED_ID, msg, msg_size,
+                  "id %.40s starts with \"" RV_RESERVED_ID_PREFIX "\", which is reserved for the changelog's own "
+                  "records (position markers)", r->id);
   return RV_REJECT_NONE;
 }
 

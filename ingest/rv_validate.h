@@ -14,6 +14,8 @@ typedef enum {
   RV_REJECT_UNKNOWN_SCHEMA,     /* "unknown_schema_id": Confluent frame whose schema id is neither the
                                    collection's nor known to the schema registry */
   RV_REJECT_BAD_ID,             /* "bad_id": empty, too long, not UTF-8, or has a NUL */
+  RV_REJECT_RESERVED_ID,        /* "reserved_id": starts with "__rv_", which the changelog keeps for its own
+                                   records (position markers, RV_MARKER_KEY) */
   RV_REJECT_WRONG_DIM,          /* "wrong_dim": vector length != collection dim */
   RV_REJECT_NON_FINITE,         /* "non_finite": NaN or infinity in the vector */
   RV_REJECT_MISSING_VECTOR,     /* "missing_vector": UPSERT without a vector */
@@ -23,6 +25,9 @@ typedef enum {
   RV_REJECT_INCOMPATIBLE_SCHEMA, /* "incompatible_schema": the registry's writer schema for the frame's id
                                     does not resolve against vector_record.avsc */
 } rv_reject_t;
+
+/* Ids starting with this are refused (RV_REJECT_RESERVED_ID): RV_MARKER_KEY is one. */
+#define RV_RESERVED_ID_PREFIX "__rv_"
 
 /* Number of rv_reject_t values (RV_REJECT_NONE included), for tables indexed by reason. */
 #define RV_REJECT_COUNT (RV_REJECT_INCOMPATIBLE_SCHEMA + 1)

@@ -17,6 +17,7 @@
 #include "rv_collection.h"
 #include "rv_kafka.h"
 #include "rv_record.h"
+#include "rv_remote.h"
 #include "rv_time.h"
 
 #define EX_DATAERR 65
@@ -44,6 +45,183 @@ void rv_produce_opts_init(rv_produce_opts_t *o) {
   o->count = -1;
   o->schema_id = 1;
   o->flush_timeout_ms = 60000;
+  o->wait_timeout_ms = 10000;
+}
+
+/* ---- --wait-visible: producer send -> searchable ------------------------------ */
+
+#define VISIBLE_K 10
+
+/* A record on its way to the broker: what its search needs (msg opaque). */
+typedef struct probe {
+  int64_t sent_us;
+  char *id;
+  char *vector_json; /* "[..]" */
+} probe_t;
+
+/* The searches in flight and what their answers said. The rv_remote thread
+ * reports answers; the run's thread sends and waits. */
+typedef struct visibility {
+  rv_remote_t *rm;
+  const char *collection;
+  int timeout_ms;
+  pthread_mutex_t lock; /* guards everything below */
+  pthread_cond_t cond;  /* signalled when outstanding drops */
+  int64_t outstanding;
+  int64_t *lat_us;
+  size_t n_lat, cap_lat;
+  int64_t visible, found, failed;
+  char first_err[256];
+} visibility_t;
+
+typedef struct check {
+  visibility_t *v;
+  char *id;
+  int64_t sent_us;
+} check_t;
+
+static void probe_free(probe_t *p) {
+  if (!p) return;
+  free(p->id);
+  free(p->vector_json);
+  free(p);
+}
+
+static probe_t *probe_new(const rv_vector_record_t *rec) {
+  probe_t *p = calloc(1, sizeof *p);
+  rv_buf_t b;
+  rv_buf_init(&b);
+  rv_err_t err = rv_buf_append(&b, "[", 1);
+  for (int i = 0; i < rec->dim && !err; i++) err = rv_buf_appendf(&b, "%s%.9g", i ? "," : "", (double)rec->vector[i]);
+  if (!err) err = rv_buf_append(&b, "]", 1);
+  json_t *id = json_stringn(rec->id, rec->id_len);
+  if (!p || err || !id || !(p->id = json_dumps(id, JSON_ENCODE_ANY))) {
+    json_decref(id);
+    rv_buf_close(&b);
+    probe_free(p);
+    return NULL;
+  }
+  json_decref(id);
+  p->vector_json = (char *)b.base;
+  return p;
+}
+
+static void visibility_fail(visibility_t *v, const char *why) {
+  v->failed++;
+  if (!v->first_err[0]) snprintf(v->first_err, sizeof v->first_err, "%s", why);
+}
+
+/* rv_remote_done_fn (client thread). */
+static void check_done(void *arg, int tag, json_t *reply, const char *why) {
+  (void)tag;
+  check_t *c = arg;
+  visibility_t *v = c->v;
+  int64_t now = rv_mono_us();
+  pthread_mutex_lock(&v->lock);
+  const char *type = json_string_value(json_object_get(reply, "type"));
+  if (type && !strcmp(type, "results")) {
+    v->visible++;
+    if (v->n_lat == v->cap_lat) {
+      size_t cap = v->cap_lat ? v->cap_lat * 2 : 1024;
+      int64_t *l = realloc(v->lat_us, cap * sizeof *l);
+      if (l) {
+        v->lat_us = l;
+        v->cap_lat = cap;
+      }
+    }
+    if (v->n_lat < v->cap_lat) v->lat_us[v->n_lat++] = now - c->sent_us;
+    json_t *hits = json_object_get(reply, "hits"), *want = json_loads(c->id, JSON_DECODE_ANY, NULL);
+    int found = 0;
+    for (size_t i = 0; want && i < json_array_size(hits) && !found; i++)
+      found = json_equal(json_object_get(json_array_get(hits, i), "id"), want);
+    json_decref(want);
+    if (found) v->found++;
+    else if (!v->first_err[0]) snprintf(v->first_err, sizeof v->first_err, "%s visible but not among the hits", c->id);
+  } else if (reply) {
+    char msg[256];
+    const char *code = json_string_value(json_object_get(reply, "code"));
+    const char *message = json_string_value(json_object_get(reply, "message"));
+    snprintf(msg, sizeof msg, "%s: %s: %s", c->id, code ? code : "?", message ? message : "");
+    visibility_fail(v, msg);
+  } else {
+    char msg[256];
+    snprintf(msg, sizeof msg, "%s: %s", c->id, why ? why : "no answer");
+    visibility_fail(v, msg);
+  }
+  v->outstanding--;
+  pthread_cond_broadcast(&v->cond);
+  pthread_mutex_unlock(&v->lock);
+  free(c->id);
+  free(c);
+}
+
+/* Sends the search for a delivered record (the run's thread). */
+static void visibility_send(visibility_t *v, const probe_t *p, int32_t partition, int64_t offset) {
+  check_t *c = calloc(1, sizeof *c);
+  char *body = NULL;
+  int n = -1;
+  if (c && (c->id = strdup(p->id))) {
+    c->v = v;
+    c->sent_us = p->sent_us;
+    size_t size = strlen(v->collection) + strlen(p->vector_json) + 160;
+    if ((body = malloc(size)))
+      n = snprintf(body, size,
+                   "{\"type\":\"search\",\"collection\":\"%s\",\"k\":%d,\"vector\":%s,"
+                   "\"after\":{\"partition\":%d,\"offset\":%lld}}",
+                   v->collection, VISIBLE_K, p->vector_json, (int)partition, (long long)offset);
+  }
+  pthread_mutex_lock(&v->lock);
+  if (n < 0) {
+    visibility_fail(v, "out of memory");
+    pthread_mutex_unlock(&v->lock);
+    if (c) free(c->id);
+    free(c);
+    free(body);
+    return;
+  }
+  v->outstanding++;
+  pthread_mutex_unlock(&v->lock);
+  int64_t deadline = rv_mono_us() + (int64_t)v->timeout_ms * 1000;
+  rv_err_t err;
+  /* Too many in flight: wait for answers (this is the producing thread, so it paces the run). */
+  while ((err = rv_remote_send(v->rm, 0, body, (size_t)n, deadline, check_done, c, 0)) == RV_ERR_FULL &&
+         rv_mono_us() < deadline) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  free(body);
+  if (err) {
+    pthread_mutex_lock(&v->lock);
+    v->outstanding--;
+    visibility_fail(v, "cannot send the search");
+    pthread_mutex_unlock(&v->lock);
+    free(c->id);
+    free(c);
+  }
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Waits for every search sent (each reports by its deadline), then fills res. */
+static void visibility_finish(visibility_t *v, rv_produce_result_t *res) {
+  pthread_mutex_lock(&v->lock);
+  while (v->outstanding > 0) pthread_cond_wait(&v->cond, &v->lock);
+  pthread_mutex_unlock(&v->lock);
+  rv_remote_destroy(v->rm); /* no callback runs after this */
+  v->rm = NULL;
+  res->visible = v->visible;
+  res->found = v->found;
+  res->not_visible = res->delivered - v->visible;
+  snprintf(res->first_visible_error, sizeof res->first_visible_error, "%s", v->first_err);
+  if (v->n_lat) {
+    qsort(v->lat_us, v->n_lat, sizeof *v->lat_us, cmp_i64);
+    res->latency_p50_us = v->lat_us[(v->n_lat - 1) / 2];
+    res->latency_p99_us = v->lat_us[(size_t)((double)(v->n_lat - 1) * 0.99)];
+    res->latency_max_us = v->lat_us[v->n_lat - 1];
+  }
 }
 
 /* ---- a run -------------------------------------------------------------- */
@@ -56,13 +234,18 @@ typedef struct run {
   int64_t dr_failed;      /* delivery reports with an error */
   int64_t produce_failed; /* records rd_kafka_producev refused */
   char first_err[256];    /* the first Kafka error, for the message */
+  visibility_t *vis;      /* --wait-visible, else NULL */
   int64_t t0_us;
   int64_t last_report_us;
   int64_t last_report_sent;
 } run_t;
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+  (void)rk;
   run_t *r = opaque;
+  probe_t *p = m->_private; /* the message's opaque */
+  if (p && !m->err) visibility_send(r->vis, p, m->partition, m->offset);
+  probe_free(p);
   if (m->err) {
     r->dr_failed++;
     if (!r->first_err[0]) snprintf(r->first_err, sizeof r->first_err, "delivery: %s", rd_kafka_err2str(m->err));
@@ -193,12 +376,13 @@ static rd_kafka_t *make_producer(const rv_produce_opts_t *opts, run_t *r, char *
 /* Sends one encoded record, waiting while the local queue is full.
  * Returns 0, or the error that refused it. */
 static rd_kafka_resp_err_t send_one(rd_kafka_t *rk, rd_kafka_topic_t *rkt, const rv_vector_record_t *rec,
-                                    const rv_buf_t *value, volatile int *stop) {
+                                    const rv_buf_t *value, probe_t *probe, volatile int *stop) {
   for (;;) {
+    if (probe) probe->sent_us = rv_mono_us();
     rd_kafka_resp_err_t e =
         rd_kafka_producev(rk, RD_KAFKA_V_RKT(rkt), RD_KAFKA_V_KEY(rec->id, rec->id_len),
                           RD_KAFKA_V_VALUE(value->base, value->len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                          RD_KAFKA_V_END);
+                          RD_KAFKA_V_OPAQUE(probe), RD_KAFKA_V_END);
     if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || stopped(stop, 2)) return e;
     rd_kafka_poll(rk, 100); /* deliveries free queue space */
   }
@@ -211,8 +395,19 @@ rv_err_t rv_produce_run(const rv_produce_opts_t *opts, volatile int *stop, rv_pr
     return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "brokers, topic and input are required");
   if (opts->rate < 0 || !isfinite(opts->rate))
     return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "rate must be >= 0");
+  if (opts->wait_visible && (!opts->collection || !*opts->collection || opts->delete_ops))
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size,
+                   "wait_visible needs a collection and upserts (deleted records are not searchable)");
+  visibility_t vis = {.collection = opts->collection,
+                      .timeout_ms = opts->wait_timeout_ms > 0 ? opts->wait_timeout_ms : 10000};
+  if (opts->wait_visible) {
+    const char *url = opts->wait_visible;
+    if (!(vis.rm = rv_remote_new(&url, 1, errstr, errstr_size))) return RV_ERR_INVALID;
+    pthread_mutex_init(&vis.lock, NULL);
+    pthread_cond_init(&vis.cond, NULL);
+  }
 
-  run_t r = {.opts = opts, .res = res};
+  run_t r = {.opts = opts, .res = res, .vis = opts->wait_visible ? &vis : NULL};
   rv_err_t err = RV_OK;
   rv_codec_t *codec = NULL;
   rd_kafka_t *rk = NULL;
@@ -225,6 +420,11 @@ rv_err_t rv_produce_run(const rv_produce_opts_t *opts, volatile int *stop, rv_pr
   rv_source_t *src = rv_source_open(opts->input, opts->format, &opts->source, errstr, errstr_size);
   if (!src) {
     res->input_error = 1;
+    if (vis.rm) {
+      rv_remote_destroy(vis.rm);
+      pthread_cond_destroy(&vis.cond);
+      pthread_mutex_destroy(&vis.lock);
+    }
     return RV_ERR_IO;
   }
   codec = rv_codec_new(errstr, errstr_size);
@@ -274,8 +474,14 @@ rv_err_t rv_produce_run(const rv_produce_opts_t *opts, volatile int *stop, rv_pr
       if (wait < 1000) wait = 1000; /* the bucket holds >= 10 ms, so 1 ms naps keep the rate */
       rd_kafka_poll(rk, (int)(wait / 1000));
     }
-    rd_kafka_resp_err_t e = send_one(rk, rkt, &rec, &value, stop);
+    probe_t *probe = NULL;
+    if (r.vis && !(probe = probe_new(&rec))) {
+      err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+      break;
+    }
+    rd_kafka_resp_err_t e = send_one(rk, rkt, &rec, &value, probe, stop);
     if (e) {
+      probe_free(probe);
       r.produce_failed++;
       if (!r.first_err[0]) snprintf(r.first_err, sizeof r.first_err, "produce: %s", rd_kafka_err2str(e));
     } else {
@@ -314,7 +520,17 @@ out:
     err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "%lld of %lld records not delivered (%s)",
                   (long long)res->failed, (long long)res->read, r.first_err[0] ? r.first_err : "stopped");
   if (rkt) rd_kafka_topic_destroy(rkt);
-  if (rk) rd_kafka_destroy(rk);
+  if (rk) rd_kafka_destroy(rk); /* purges: the last delivery reports (and their searches) come first */
+  if (vis.rm) {
+    visibility_finish(&vis, res);
+    if (!err && (res->not_visible > 0 || res->found < res->visible))
+      err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "%lld of %lld delivered records not visible, %lld not found (%s)",
+                    (long long)res->not_visible, (long long)res->delivered, (long long)(res->visible - res->found),
+                    res->first_visible_error);
+    free(vis.lat_us);
+    pthread_cond_destroy(&vis.cond);
+    pthread_mutex_destroy(&vis.lock);
+  }
   rv_vector_record_close(&rec);
   rv_buf_close(&value);
   rv_codec_destroy(codec);
@@ -423,13 +639,25 @@ static void usage(FILE *f, const char *prog) {
           "  -S, --schema-id N         schema id for confluent framing (default 1)\n"
           "      --flush-timeout MS    wait at most MS for acknowledgements at the end\n"
           "                            (default 60000)\n"
+          "Read your writes:\n"
+          "  -w, --wait-visible URL    after each delivery, search the serve at URL\n"
+          "                            (ws://host:port) for the record's vector with\n"
+          "                            \"after\" = its partition and offset, and report\n"
+          "                            producer send -> searchable latency (p50/p99/max)\n"
+          "                            and whether each id was among the hits (k 10);\n"
+          "                            the collection is --collection, else the topic\n"
+          "                            without \".vectors\"\n"
+          "      --wait-timeout MS     longest wait for one record's answer (default 10000)\n"
           "  -q, --quiet               no progress lines on stderr\n"
           "  -h, --help                this text\n"
           "\n"
           "Progress goes to stderr every second; at the end stdout gets\n"
-          "\"produced N records to TOPIC (M failed)\". SIGINT/SIGTERM stop reading and\n"
+          "\"produced N records to TOPIC (M failed)\", and with --wait-visible a line\n"
+          "\"visible: V of N records searchable, F found by id; send -> searchable\n"
+          "p50 X ms, p99 Y ms, max Z ms\". SIGINT/SIGTERM stop reading and\n"
           "flush what was sent; a second one gives up on the flush.\n"
-          "Exit status: 0 every record delivered, 1 delivery or Kafka failure, 2 bad usage,\n"
+          "Exit status: 0 every record delivered (and, with --wait-visible, visible and\n"
+          "found), 1 delivery, Kafka or visibility failure, 2 bad usage,\n"
           "65 malformed or truncated input (records before it are published),\n"
           "66 input cannot be opened or read.\n",
           prog);
@@ -460,7 +688,7 @@ static void *wait_signals(void *arg) {
 }
 
 int rv_produce_main(int argc, char **argv) {
-  enum { OPT_FLUSH_TIMEOUT = 1000 };
+  enum { OPT_FLUSH_TIMEOUT = 1000, OPT_WAIT_TIMEOUT };
   static const struct option longopts[] = {
       {"brokers", required_argument, NULL, 'b'},   {"endpoints", required_argument, NULL, 'e'},
       {"topic", required_argument, NULL, 't'},     {"collection", required_argument, NULL, 'c'},
@@ -470,6 +698,7 @@ int rv_produce_main(int argc, char **argv) {
       {"rate", required_argument, NULL, 'r'},      {"framing", required_argument, NULL, 'f'},
       {"schema-id", required_argument, NULL, 'S'}, {"delete", no_argument, NULL, 'd'},
       {"quiet", no_argument, NULL, 'q'},           {"flush-timeout", required_argument, NULL, OPT_FLUSH_TIMEOUT},
+      {"wait-visible", required_argument, NULL, 'w'}, {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
       {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
   const char *prog = argc > 0 ? argv[0] : "produce";
   rv_produce_opts_t opts;
@@ -480,7 +709,7 @@ int rv_produce_main(int argc, char **argv) {
   int64_t v;
   char *end;
   optind = 0; /* glibc: rescan from argv[1] even if getopt ran before */
-  while ((c = getopt_long(argc, argv, "b:e:t:c:i:F:l:p:s:n:r:f:S:dqh", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "b:e:t:c:i:F:l:p:s:n:r:f:S:w:dqh", longopts, NULL)) != -1) {
     switch (c) {
     case 'b': opts.brokers = optarg; break;
     case 'e': endpoints = optarg; break;
@@ -490,6 +719,20 @@ int rv_produce_main(int argc, char **argv) {
     case 'l': opts.source.labels_path = optarg; break;
     case 'p': opts.source.id_prefix = optarg; break;
     case 'd': opts.delete_ops = 1; break;
+    case 'w':
+      if (strncmp(optarg, "ws://", 5) || !optarg[5]) {
+        fprintf(stderr, "produce: --wait-visible wants the ws://host:port URL of a serve, not \"%s\"\n", optarg);
+        return 2;
+      }
+      opts.wait_visible = optarg;
+      break;
+    case OPT_WAIT_TIMEOUT:
+      if (parse_i64(optarg, 1, &v) || v > 3600 * 1000) {
+        fprintf(stderr, "produce: bad --wait-timeout \"%s\" (1..3600000 ms)\n", optarg);
+        return 2;
+      }
+      opts.wait_timeout_ms = (int)v;
+      break;
     case 'q': opts.progress = 0; break;
     case 'F':
       if (rv_source_format_parse(optarg, &opts.format)) {
@@ -564,6 +807,22 @@ int rv_produce_main(int argc, char **argv) {
     usage(stderr, prog);
     return 2;
   }
+  char visible_collection[RV_TOPIC_MAX + 16];
+  if (opts.wait_visible) {
+    size_t tl = strlen(opts.topic);
+    if (collection) snprintf(visible_collection, sizeof visible_collection, "%s", collection);
+    else if (tl > 8 && tl - 8 < sizeof visible_collection && !strcmp(opts.topic + tl - 8, ".vectors"))
+      snprintf(visible_collection, sizeof visible_collection, "%.*s", (int)(tl - 8), opts.topic);
+    else {
+      fprintf(stderr, "produce: --wait-visible needs --collection (topic %s does not end in .vectors)\n", opts.topic);
+      return 2;
+    }
+    if (opts.delete_ops) {
+      fprintf(stderr, "produce: --wait-visible searches for the records: it does not go with --delete\n");
+      return 2;
+    }
+    opts.collection = visible_collection;
+  }
   if (opts.format == RV_SOURCE_AUTO && rv_source_format_detect(opts.input) == RV_SOURCE_AUTO) {
     fprintf(stderr, "produce: cannot tell the format of %s from its name; give --format\n", opts.input);
     return 2;
@@ -594,6 +853,11 @@ int rv_produce_main(int argc, char **argv) {
   if (res.input_error && res.read == 0) return err == RV_ERR_CORRUPT ? EX_DATAERR : EX_NOINPUT;
   printf("produced %lld records to %s (%lld failed)\n", (long long)res.delivered, opts.topic,
          (long long)res.failed);
+  if (opts.wait_visible)
+    printf("visible: %lld of %lld records searchable, %lld found by id; send -> searchable p50 %.1f ms, "
+           "p99 %.1f ms, max %.1f ms\n",
+           (long long)res.visible, (long long)res.delivered, (long long)res.found, res.latency_p50_us / 1000.0,
+           res.latency_p99_us / 1000.0, res.latency_max_us / 1000.0);
   fflush(stdout);
   if (res.input_error) return err == RV_ERR_CORRUPT ? EX_DATAERR : EX_NOINPUT;
   return err ? 1 : 0;

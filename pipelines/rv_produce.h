@@ -32,6 +32,11 @@ typedef struct rv_produce_opts {
   int delete_ops;            /* publish DELETE records (no vector, no metadata) for the ids read */
   int progress;              /* print progress to stderr every second (default 0) */
   int flush_timeout_ms;      /* bound on the final flush; default 60000 */
+  const char *wait_visible;  /* NULL; or the ws:// URL of a serve: after each delivery, search there with
+                                "after" = the record's partition and offset and its vector, and measure
+                                producer send -> searchable (rv_produce_result_t.visible...) */
+  const char *collection;    /* the collection searched by wait_visible; required with it */
+  int wait_timeout_ms;       /* wait_visible: longest wait for one record's answer; default 10000 */
 } rv_produce_opts_t;
 
 typedef struct rv_produce_result {
@@ -42,13 +47,23 @@ typedef struct rv_produce_result {
   int64_t elapsed_ms; /* from the first record to the end of the flush */
   int input_error;    /* 1 if the run failed because of the input: it could not be opened
                        * (RV_ERR_IO returned) or held bad data later (the source's error) */
+  /* With opts.wait_visible: */
+  int64_t visible;    /* delivered records the serve answered for (their position reached) */
+  int64_t found;      /* of those, records whose id was among the hits */
+  int64_t not_visible; /* delivered records answered with an error (e.g. not_yet_visible) or not at all */
+  int64_t latency_p50_us, latency_p99_us, latency_max_us; /* producer send -> answered, over the visible */
+  char first_visible_error[256]; /* the first such error, "" when none */
 } rv_produce_result_t;
 
 /* Defaults as documented on each field. */
 void rv_produce_opts_init(rv_produce_opts_t *o);
 
 /* Publishes the records of opts->input to opts->topic and waits (at most
- * opts->flush_timeout_ms) for every delivery report. Blocks the calling
+ * opts->flush_timeout_ms) for every delivery report. With opts->wait_visible,
+ * each delivered record is then searched for at that serve (its vector, k 10,
+ * "after" its partition and offset) and the run also waits (each at most
+ * opts->wait_timeout_ms) for those answers; a record not visible, or visible
+ * but not found, makes the run fail (RV_ERR_UNAVAILABLE). Blocks the calling
  * thread; delivery reports are counted on it too (no callback runs elsewhere).
  * stop (may be NULL) is read between records: at 1 no further record is read
  * but what was sent is still flushed; at 2 or more the flush is abandoned too

@@ -306,6 +306,7 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
   sc.l1_entries = t->cache_l1_entries;
   sc.l2_ttl_s = t->cache_l2_ttl_s;
   sc.workers = t->serve_workers;
+  sc.after_timeout_ms = t->after_timeout_ms; /* <= 0 (not parsed yet): serve's default */
   sc.metrics = r->metrics;
   snprintf(sc.cache_namespace, sizeof sc.cache_namespace, "%s", t->name);
   r->serve = rv_serve_new(&sc, err, sizeof err);

@@ -23,8 +23,15 @@ const char *rv_proto_code_name(rv_proto_code_t code) {
   case RV_PROTO_OVERLOADED: return "overloaded";
   case RV_PROTO_INTERNAL: return "internal";
   case RV_PROTO_BAD_FILTER: return "bad_filter";
+  case RV_PROTO_NOT_YET_VISIBLE: return "not_yet_visible";
   }
   return "internal";
+}
+
+rv_proto_code_t rv_proto_code_parse(const char *name) {
+  for (int c = RV_PROTO_BAD_REQUEST; c <= RV_PROTO_NOT_YET_VISIBLE; c++)
+    if (name && !strcmp(name, rv_proto_code_name((rv_proto_code_t)c))) return (rv_proto_code_t)c;
+  return RV_PROTO_INTERNAL;
 }
 
 void rv_request_init(rv_request_t *r) { memset(r, 0, sizeof *r); }
@@ -341,6 +348,26 @@ rv_proto_code_t rv_request_filter_build(const rv_request_t *r, const rv_field_co
   return RV_PROTO_OK;
 }
 
+/* "after": {"partition": P, "offset": O}; absent or null: none. */
+static rv_proto_code_t parse_after(json_t *obj, rv_request_t *out, char *msg, size_t msg_size) {
+  json_t *a = json_object_get(obj, "after");
+  if (!a || json_is_null(a)) return RV_PROTO_OK;
+  if (!json_is_object(a))
+    return fail(RV_PROTO_BAD_REQUEST, msg, msg_size,
+                "\"after\" must be an object {\"partition\": P, \"offset\": O}");
+  json_t *p = json_object_get(a, "partition"), *o = json_object_get(a, "offset");
+  if (!p || !json_is_integer(p) || json_integer_value(p) < 0 || json_integer_value(p) > INT32_MAX)
+    return fail(RV_PROTO_BAD_REQUEST, msg, msg_size,
+                "\"after.partition\" must be an integer in 0..2147483647 (a source partition)");
+  if (!o || !json_is_integer(o) || json_integer_value(o) < 0)
+    return fail(RV_PROTO_BAD_REQUEST, msg, msg_size,
+                "\"after.offset\" must be an integer >= 0 (a source offset)");
+  out->has_after = 1;
+  out->after_partition = (int32_t)json_integer_value(p);
+  out->after_offset = (int64_t)json_integer_value(o);
+  return RV_PROTO_OK;
+}
+
 static rv_proto_code_t parse_search(json_t *obj, rv_request_t *out, char *msg, size_t msg_size) {
   rv_proto_code_t code;
   if ((code = name_field(obj, "collection", 1, out->collection, msg, msg_size))) return code;
@@ -367,6 +394,7 @@ static rv_proto_code_t parse_search(json_t *obj, rv_request_t *out, char *msg, s
                   "vector[%zu] is not a number in the float range", i);
     out->vector[i] = f;
   }
+  if ((code = parse_after(obj, out, msg, msg_size))) return code;
   return parse_filter(obj, out, msg, msg_size);
 }
 
@@ -428,6 +456,37 @@ char *rv_reply_error(const char *id_json, rv_proto_code_t code, const char *mess
   rv_err_t err = rv_buf_appendf(&b, "{\"type\":\"error\",\"id\":%s,\"code\":\"%s\",\"message\":",
                                 id_json ? id_json : "null", rv_proto_code_name(code));
   if (!err) err = append_string(&b, message ? message : "");
+  if (!err) err = rv_buf_append(&b, "}", 1);
+  return finish(&b, err, len);
+}
+
+char *rv_reply_error_extra(const char *id_json, rv_proto_code_t code, const char *message,
+                           const char *extra_member, size_t *len) {
+  rv_buf_t b;
+  rv_buf_init(&b);
+  rv_err_t err = rv_buf_appendf(&b, "{\"type\":\"error\",\"id\":%s,\"code\":\"%s\",\"message\":",
+                                id_json ? id_json : "null", rv_proto_code_name(code));
+  if (!err) err = append_string(&b, message ? message : "");
+  if (!err && extra_member && extra_member[0]) err = rv_buf_appendf(&b, ",%s", extra_member);
+  if (!err) err = rv_buf_append(&b, "}", 1);
+  return finish(&b, err, len);
+}
+
+char *rv_request_search_json(const rv_request_t *r, size_t *len) {
+  rv_buf_t b;
+  rv_buf_init(&b);
+  rv_err_t err = rv_buf_reserve(&b, 128 + (size_t)r->dim * 16 + (r->filter_key ? strlen(r->filter_key) : 0));
+  if (!err) err = rv_buf_appendf(&b, "{\"type\":\"search\",\"collection\":");
+  if (!err) err = append_string(&b, r->collection);
+  if (!err) err = rv_buf_appendf(&b, ",\"vector\":[");
+  for (int i = 0; i < r->dim && !err; i++) /* 9 significant digits round-trip a float32 */
+    err = rv_buf_appendf(&b, "%s%.9g", i ? "," : "", (double)r->vector[i]);
+  if (!err) err = rv_buf_appendf(&b, "],\"k\":%d", r->k);
+  if (!err && r->ef > 0) err = rv_buf_appendf(&b, ",\"ef\":%d", r->ef);
+  if (!err && r->filter_key) err = rv_buf_appendf(&b, ",\"filter\":%s", r->filter_key);
+  if (!err && r->has_after)
+    err = rv_buf_appendf(&b, ",\"after\":{\"partition\":%d,\"offset\":%lld}", (int)r->after_partition,
+                         (long long)r->after_offset);
   if (!err) err = rv_buf_append(&b, "}", 1);
   return finish(&b, err, len);
 }

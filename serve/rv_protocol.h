@@ -27,7 +27,12 @@ typedef enum rv_proto_code {
   RV_PROTO_OVERLOADED,
   RV_PROTO_INTERNAL,
   RV_PROTO_BAD_FILTER,
+  RV_PROTO_NOT_YET_VISIBLE, /* "after" not reached within the server's after_timeout_ms */
 } rv_proto_code_t;
+
+/* The code named name ("bad_filter", ...), or RV_PROTO_INTERNAL when unknown
+ * (e.g. an error relayed from a remote shard). */
+rv_proto_code_t rv_proto_code_parse(const char *name);
 
 /* The wire name of a code ("bad_request", ...); "ok" for RV_PROTO_OK. Static. */
 const char *rv_proto_code_name(rv_proto_code_t code);
@@ -67,6 +72,9 @@ typedef struct rv_request {
   int n_filter;
   char *filter_key;              /* search: the filter as canonical JSON (keys sorted), owned; NULL when
                                     none. Part of the cache key */
+  int has_after;                 /* search: 1 when "after" was given (read-your-writes) */
+  int32_t after_partition;       /* search: source partition, 0..INT32_MAX */
+  int64_t after_offset;          /* search: source offset, >= 0: answer once it is applied */
 } rv_request_t;
 
 void rv_request_init(rv_request_t *r);
@@ -82,6 +90,13 @@ void rv_request_close(rv_request_t *r);
  * whenever the message carried a usable id so the error reply can echo it. */
 rv_proto_code_t rv_request_parse(const char *text, size_t len, rv_request_t *out, char *msg,
                                  size_t msg_size);
+
+/* The search r as a request to forward to a shard: compact JSON text with
+ * every field but "id" and "region" ({"type":"search","collection":..,
+ * "vector":[..],"k":..,"ef"?:..,"filter"?:..,"after"?:{..}}), the vector
+ * written to round-trip float32 exactly and the filter as its canonical
+ * text. The caller adds the id. NULL when memory runs out; free it. */
+char *rv_request_search_json(const rv_request_t *r, size_t *len);
 
 /* Adds r's filter clauses to f, an empty filter over the collection's
  * declared fields (the same fields and order as f was made for: e.g.
@@ -101,6 +116,12 @@ rv_proto_code_t rv_request_filter_build(const rv_request_t *r, const rv_field_co
 
 /* {"type":"error","id":..,"code":..,"message":..} */
 char *rv_reply_error(const char *id_json, rv_proto_code_t code, const char *message, size_t *len);
+
+/* As rv_reply_error with one more member: {...,"message":..,<extra_member>}
+ * where extra_member is JSON member text such as "positions":{"0":12}
+ * (copied verbatim; NULL or "" adds nothing). */
+char *rv_reply_error_extra(const char *id_json, rv_proto_code_t code, const char *message,
+                           const char *extra_member, size_t *len);
 
 /* {"type":"pong","id":..,"timestamp":ts_ms} */
 char *rv_reply_pong(const char *id_json, int64_t ts_ms, size_t *len);

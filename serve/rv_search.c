@@ -37,6 +37,7 @@ void rv_search_thread_fini(void *state) {
 void rv_search_job_free(void *job) {
   rv_search_job_t *j = job;
   if (!j) return;
+  if (j->fanout) rv_fanout_error(j->fanout, j->shard, RV_PROTO_INTERNAL, "search dropped: shutting down", NULL);
   rv_request_close(&j->req);
   free(j);
 }
@@ -59,6 +60,17 @@ static void deliver(const rv_search_shared_t *sh, uint64_t conn, char *text, con
   rv_completions_push(sh->done, m);
 }
 
+void rv_search_job_fail(rv_search_job_t *j, rv_proto_code_t code, const char *msg, const char *extra_member) {
+  if (j->fanout) {
+    rv_fanout_error(j->fanout, j->shard, code, msg, extra_member);
+    j->fanout = NULL;
+  } else {
+    size_t len = 0;
+    deliver(j->shared, j->conn, rv_reply_error_extra(j->q->id_json, code, msg, extra_member, &len), &len);
+  }
+  rv_search_job_free(j);
+}
+
 /* A cached value is hits JSON written by rv_hits_json; reject anything else
  * (e.g. a foreign value under our key in a shared Redis). */
 static int plausible_hits(const char *v, size_t len) {
@@ -70,7 +82,7 @@ void rv_search_run(void *state, void *job) {
   rv_search_job_t *j = job;
   rv_l2_t *l2 = w ? w->l2 : NULL;
   const rv_search_shared_t *sh = j->shared;
-  const rv_request_t *q = &j->req;
+  const rv_request_t *q = j->q;
   size_t len = 0;
 
   /* The filter is checked against the collection's fields before any cache
@@ -84,8 +96,7 @@ void rv_search_run(void *state, void *job) {
                                   : (snprintf(msg, sizeof msg, "out of memory"), RV_PROTO_INTERNAL);
     if (code != RV_PROTO_OK) {
       rv_filter_destroy(filter);
-      deliver(sh, j->conn, rv_reply_error(q->id_json, code, msg, &len), &len);
-      rv_search_job_free(j);
+      rv_search_job_fail(j, code, msg, NULL);
       return;
     }
   }
@@ -98,7 +109,10 @@ void rv_search_run(void *state, void *job) {
   char *hits = NULL;
   size_t hits_len = 0;
   int cached = 0;
-  if (sh->l1 && rv_lru_get(sh->l1, key, &hits, &hits_len)) {
+  /* A fan-out part is not cached: the merged reply is what a client sees. */
+  if (j->fanout) {
+    l2 = NULL;
+  } else if (sh->l1 && rv_lru_get(sh->l1, key, &hits, &hits_len)) {
     cached = 1;
   } else if (l2 && rv_l2_get(l2, key, &hits, &hits_len)) {
     if (plausible_hits(hits, hits_len)) {
@@ -121,15 +135,19 @@ void rv_search_run(void *state, void *job) {
       char msg[320];
       snprintf(msg, sizeof msg, "search failed: %s", why[0] ? why : rv_err_str(err));
       rv_proto_code_t code = err == RV_ERR_DIM ? RV_PROTO_WRONG_DIM : RV_PROTO_INTERNAL;
-      deliver(sh, j->conn, rv_reply_error(q->id_json, code, msg, &len), &len);
-      rv_search_job_free(j);
+      rv_search_job_fail(j, code, msg, NULL);
       return;
     }
     hits = rv_hits_json(&list, &hits_len);
     rv_hit_list_close(&list);
     if (!hits) {
-      deliver(sh, j->conn, rv_reply_error(q->id_json, RV_PROTO_INTERNAL, "out of memory", &len),
-              &len);
+      rv_search_job_fail(j, RV_PROTO_INTERNAL, "out of memory", NULL);
+      return;
+    }
+    if (j->fanout) {
+      rv_fanout_hits(j->fanout, j->shard, hits, hits_len, st.generation);
+      j->fanout = NULL; /* reported: q may be gone now */
+      free(hits);
       rv_search_job_free(j);
       return;
     }

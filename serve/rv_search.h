@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "rv_cache.h"
+#include "rv_fanout.h"
 #include "rv_protocol.h"
 #include "rv_replica.h"
 #include "rv_workers.h"
@@ -24,7 +25,11 @@ typedef struct rv_search_shared {
 typedef struct rv_search_job {
   const rv_search_shared_t *shared; /* borrowed */
   uint64_t conn;            /* destination connection serial */
-  rv_request_t req;         /* a parsed RV_REQ_SEARCH, owned */
+  rv_request_t req;         /* a parsed RV_REQ_SEARCH, owned (empty for a fan-out part) */
+  const rv_request_t *q;    /* the request to run: &req, or the fan-out's (borrowed until reported) */
+  rv_fanout_t *fanout;      /* NULL; or the fan-out this job is shard `shard` of: the result goes
+                               there (uncached) instead of to conn */
+  int shard;
   rv_replica_t *replica;    /* resolved, borrowed; its dim equals req.dim */
   const char *collection;   /* resolved names, borrowed (server conf) */
   const char *region;
@@ -37,6 +42,11 @@ typedef struct rv_search_job {
 void *rv_search_thread_init(void *arg, int index);
 void rv_search_thread_fini(void *state);
 void rv_search_run(void *state, void *job);  /* frees the job */
-void rv_search_job_free(void *job);          /* NULL is a no-op */
+/* NULL is a no-op. A fan-out part never run reports its shard missing. */
+void rv_search_job_free(void *job);
+
+/* Answers the job with an error (to its connection through shared->done, or
+ * to its fan-out) and frees it. extra_member: as rv_reply_error_extra. */
+void rv_search_job_fail(rv_search_job_t *j, rv_proto_code_t code, const char *msg, const char *extra_member);
 
 #endif

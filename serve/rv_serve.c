@@ -11,7 +11,9 @@
 #include "rv_cache.h"
 #include "rv_l2.h"
 #include "rv_log.h"
+#include "rv_fanout.h"
 #include "rv_protocol.h"
+#include "rv_remote.h"
 #include "rv_search.h"
 #include "rv_time.h"
 #include "rv_workers.h"
@@ -23,6 +25,8 @@
 #define L1_MAX_BYTES (256u << 20)  /* bytes of cached reply text */
 #define RX_BUFFER 65536            /* lws receive chunk */
 #define RX_KEEP 65536              /* a reassembly buffer above this is released after use */
+#define WAIT_TICK_US 1000          /* how often searches waiting for "after" are re-checked */
+#define POSITIONS_MAX 256          /* source partitions listed in a not_yet_visible error */
 
 /* A WebSocket connection. Lives in the lws per-session data; touched only on
  * the service thread. */
@@ -39,6 +43,14 @@ typedef struct conn {
   size_t out_n, out_bytes;
   int closing;        /* the outgoing queue overflowed: close with 1008 when writable */
 } conn_t;
+
+/* A search (or a fan-out part) waiting for its replica to reach "after". */
+typedef struct waiter {
+  rv_search_job_t *job; /* owned */
+  int32_t partition;
+  int64_t offset;
+  int64_t since_us, deadline_us;
+} waiter_t;
 
 /* An HTTP response waiting for HTTP_WRITEABLE. */
 typedef struct http_reply {
@@ -76,6 +88,11 @@ struct rv_serve {
   size_t mask;                 /* buckets - 1 */
   size_t n_conns;
   uint64_t next_serial;
+  rv_remote_t *remote;         /* NULL: no region has remote shards */
+  waiter_t *waiting;           /* searches waiting for "after", service thread only */
+  int n_waiting, cap_waiting;
+  lws_sorted_usec_list_t wait_tick; /* scheduled while n_waiting > 0 */
+  int tick_armed;
 };
 
 void rv_serve_conf_init(rv_serve_conf_t *conf) {
@@ -85,6 +102,9 @@ void rv_serve_conf_init(rv_serve_conf_t *conf) {
   conf->l1_entries = 10000;
   conf->l2_ttl_s = 300;
   conf->workers = 2;
+  conf->shard_timeout_ms = 1000;
+  conf->after_timeout_ms = 5000;
+  conf->max_waiting = 1024;
 }
 
 /* ---- connection table ---- */
@@ -202,6 +222,190 @@ static void send_error(conn_t *c, const char *id_json, rv_proto_code_t code, con
   conn_send(c, rv_reply_error(id_json, code, message, &len), &len);
 }
 
+/* ---- read-your-writes: searches waiting for "after" ---- */
+
+/* "positions":{"<partition>":<next offset>,...} of r, into buf. */
+static void positions_member(rv_replica_t *r, char *buf, size_t size) {
+  rv_source_position_t pos[POSITIONS_MAX];
+  int n = rv_replica_positions(r, pos, POSITIONS_MAX);
+  if (n > POSITIONS_MAX) n = POSITIONS_MAX;
+  size_t at = (size_t)snprintf(buf, size, "\"positions\":{");
+  for (int i = 0; i < n && at < size; i++)
+    at += (size_t)snprintf(buf + at, size - at, "%s\"%d\":%lld", i ? "," : "", (int)pos[i].partition,
+                           (long long)pos[i].next_offset);
+  if (at + 2 > size) snprintf(buf, size, "\"positions\":{}"); /* cannot happen at this size; stay valid */
+  else snprintf(buf + at, size - at, "}");
+}
+
+static void submit(rv_serve_t *s, rv_search_job_t *job) {
+  if (rv_workers_submit(s->workers, job))
+    rv_search_job_fail(job, RV_PROTO_OVERLOADED, "too many searches waiting; retry later", NULL);
+}
+
+static void wait_tick(lws_sorted_usec_list_t *sul);
+
+static void arm_wait_tick(rv_serve_t *s) {
+  if (s->tick_armed || !s->n_waiting) return;
+  s->tick_armed = 1;
+  lws_sul_schedule(s->ctx, 0, &s->wait_tick, wait_tick, WAIT_TICK_US);
+}
+
+/* Runs the waiting searches whose position arrived, fails those past their
+ * deadline (service thread). stopping: fail them all. */
+static void check_waiting(rv_serve_t *s, int stopping) {
+  int64_t now = rv_mono_us();
+  int kept = 0;
+  for (int i = 0; i < s->n_waiting; i++) {
+    waiter_t *w = &s->waiting[i];
+    if (stopping) {
+      rv_search_job_fail(w->job, RV_PROTO_INTERNAL, "shutting down", NULL);
+    } else if (rv_replica_visible(w->job->replica, w->partition, w->offset)) {
+      submit(s, w->job);
+    } else if (now >= w->deadline_us) {
+      char extra[POSITIONS_MAX * 32], msg[256];
+      positions_member(w->job->replica, extra, sizeof extra);
+      snprintf(msg, sizeof msg,
+               "source partition %d offset %lld is not applied by the replica after %lld ms (its positions: "
+               "next source offset per source partition)",
+               (int)w->partition, (long long)w->offset, (long long)((now - w->since_us) / 1000));
+      rv_search_job_fail(w->job, RV_PROTO_NOT_YET_VISIBLE, msg, extra);
+    } else {
+      s->waiting[kept++] = *w;
+    }
+  }
+  s->n_waiting = kept;
+}
+
+static void wait_tick(lws_sorted_usec_list_t *sul) {
+  rv_serve_t *s = (rv_serve_t *)((char *)sul - offsetof(rv_serve_t, wait_tick));
+  s->tick_armed = 0;
+  check_waiting(s, 0);
+  arm_wait_tick(s);
+}
+
+/* Runs job on a worker now, or once its replica has applied "after"
+ * (service thread). Takes ownership of job. */
+static void dispatch(rv_serve_t *s, rv_search_job_t *job, int64_t received_us) {
+  const rv_request_t *q = job->q;
+  if (!q->has_after || rv_replica_visible(job->replica, q->after_partition, q->after_offset)) {
+    submit(s, job);
+    return;
+  }
+  if (s->n_waiting >= s->conf.max_waiting) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "too many searches (%d) waiting for \"after\"; retry later", s->conf.max_waiting);
+    rv_search_job_fail(job, RV_PROTO_OVERLOADED, msg, NULL);
+    return;
+  }
+  if (s->n_waiting == s->cap_waiting) {
+    int cap = s->cap_waiting ? s->cap_waiting * 2 : 16;
+    waiter_t *w = realloc(s->waiting, (size_t)cap * sizeof *w);
+    if (!w) {
+      rv_search_job_fail(job, RV_PROTO_INTERNAL, "out of memory", NULL);
+      return;
+    }
+    s->waiting = w;
+    s->cap_waiting = cap;
+  }
+  s->waiting[s->n_waiting++] = (waiter_t){.job = job,
+                                          .partition = q->after_partition,
+                                          .offset = q->after_offset,
+                                          .since_us = received_us,
+                                          .deadline_us = received_us + (int64_t)s->conf.after_timeout_ms * 1000};
+  arm_wait_tick(s);
+}
+
+/* ---- searches ---- */
+
+static rv_search_job_t *new_job(rv_serve_t *s, uint64_t conn, rv_replica_t *replica,
+                                const rv_serve_collection_t *col, int region, int64_t received_us) {
+  rv_search_job_t *job = calloc(1, sizeof *job);
+  if (!job) return NULL;
+  job->shared = &s->shared;
+  job->conn = conn;
+  job->q = &job->req;
+  job->replica = replica;
+  job->collection = col->name;
+  job->region = col->regions[region];
+  job->received_us = received_us;
+  return job;
+}
+
+static const rv_serve_shard_t *region_shards(const rv_serve_collection_t *col, int r, int *n) {
+  if (!col->shards || !col->shards[r]) return NULL;
+  *n = col->n_shards[r];
+  return col->shards[r];
+}
+
+/* The region's vector dimension (validated by rv_serve_new). */
+static int region_dim(const rv_serve_collection_t *col, int r) {
+  int n = 0;
+  const rv_serve_shard_t *sh = region_shards(col, r, &n);
+  if (!sh) return rv_replica_collection(col->replicas[r])->dim;
+  if (col->dim > 0) return col->dim;
+  for (int i = 0; i < n; i++)
+    if (sh[i].replica) return rv_replica_collection(sh[i].replica)->dim;
+  return 0;
+}
+
+/* rv_remote_done_fn: a remote shard's answer (client thread). */
+static void remote_done(void *arg, int shard, json_t *reply, const char *why) {
+  rv_fanout_t *f = arg;
+  if (reply) rv_fanout_reply(f, shard, reply);
+  else rv_fanout_error(f, shard, RV_PROTO_INTERNAL, why, NULL);
+}
+
+/* Sends a search to every shard of a region (service thread). Takes
+ * ownership of req's contents. */
+static void start_fanout(rv_serve_t *s, conn_t *c, rv_request_t *req, const rv_serve_collection_t *col, int r,
+                         int64_t received_us) {
+  int n = 0;
+  const rv_serve_shard_t *sh = region_shards(col, r, &n);
+  rv_fanout_t *f = rv_fanout_new(n, req->k, req->id_json, c->serial, received_us, s->done, LWS_PRE);
+  char *body = NULL;
+  size_t body_len = 0;
+  int any_remote = 0;
+  for (int i = 0; i < n; i++) any_remote |= !sh[i].replica;
+  if (f && any_remote) body = rv_request_search_json(req, &body_len);
+  if (!f || (any_remote && !body)) {
+    free(body);
+    if (f) rv_fanout_error(f, 0, RV_PROTO_INTERNAL, "out of memory", NULL); /* n == 1 frees it */
+    for (int i = 1; f && i < n; i++) rv_fanout_error(f, i, RV_PROTO_INTERNAL, "out of memory", NULL);
+    rv_request_close(req);
+    return;
+  }
+  rv_request_t *q = rv_fanout_request(f);
+  *q = *req;
+  rv_request_init(req); /* now owned by the fan-out */
+  int64_t deadline = received_us + (int64_t)s->conf.shard_timeout_ms * 1000 +
+                     (q->has_after ? (int64_t)s->conf.after_timeout_ms * 1000 : 0);
+  /* Shards are reported in any order, possibly before this loop ends: after
+   * the last one f and q may be gone, so nothing here reads them after it. */
+  for (int i = 0; i < n; i++) {
+    if (sh[i].replica) {
+      rv_search_job_t *job = new_job(s, c->serial, sh[i].replica, col, r, received_us);
+      if (!job) {
+        rv_fanout_error(f, i, RV_PROTO_INTERNAL, "out of memory", NULL);
+        continue;
+      }
+      job->q = q;
+      job->fanout = f;
+      job->shard = i;
+      dispatch(s, job, received_us);
+    } else {
+      int ep = rv_remote_find(s->remote, sh[i].url);
+      rv_err_t err = ep < 0 ? RV_ERR_STATE : rv_remote_send(s->remote, ep, body, body_len, deadline, remote_done, f, i);
+      if (err) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "shard %s: %s", sh[i].url,
+                 err == RV_ERR_FULL ? "too many requests outstanding" : rv_err_str(err));
+        rv_fanout_error(f, i, RV_PROTO_INTERNAL, msg, NULL);
+      }
+    }
+  }
+  free(body);
+}
+
 /* Resolves and queues a parsed search; answers at once when it cannot run.
  * Takes ownership of req's contents. */
 static void start_search(rv_serve_t *s, conn_t *c, rv_request_t *req, int64_t received_us) {
@@ -224,8 +428,7 @@ static void start_search(rv_serve_t *s, conn_t *c, rv_request_t *req, int64_t re
     rv_request_close(req);
     return;
   }
-  rv_replica_t *replica = col->replicas[r];
-  int dim = rv_replica_collection(replica)->dim;
+  int dim = region_dim(col, r);
   if (req->dim != dim) {
     snprintf(msg, sizeof msg, "collection \"%s\" has dim %d; the vector has %d", col->name, dim,
              req->dim);
@@ -233,26 +436,20 @@ static void start_search(rv_serve_t *s, conn_t *c, rv_request_t *req, int64_t re
     rv_request_close(req);
     return;
   }
-  rv_search_job_t *job = calloc(1, sizeof *job);
+  int n_shards = 0;
+  if (region_shards(col, r, &n_shards)) {
+    start_fanout(s, c, req, col, r, received_us);
+    return;
+  }
+  rv_search_job_t *job = new_job(s, c->serial, col->replicas[r], col, r, received_us);
   if (!job) {
     send_error(c, req->id_json, RV_PROTO_INTERNAL, "out of memory");
     rv_request_close(req);
     return;
   }
-  job->shared = &s->shared;
-  job->conn = c->serial;
   job->req = *req;
   rv_request_init(req); /* now owned by the job */
-  job->replica = replica;
-  job->collection = col->name;
-  job->region = col->regions[r];
-  job->received_us = received_us;
-  rv_err_t err = rv_workers_submit(s->workers, job);
-  if (err) {
-    send_error(c, job->req.id_json, RV_PROTO_OVERLOADED,
-               "too many searches waiting; retry later");
-    rv_search_job_free(job);
-  }
+  dispatch(s, job, received_us);
 }
 
 static void handle_message(rv_serve_t *s, conn_t *c, const char *text, size_t len, int binary) {
@@ -338,6 +535,13 @@ static void deliver_completions(rv_serve_t *s) {
 
 /* ---- HTTP ---- */
 
+static json_t *replica_stats_json(rv_replica_t *r) {
+  rv_replica_stats_t st;
+  rv_replica_stats(r, &st);
+  return json_pack("{s:I,s:I,s:I,s:I}", "count", (json_int_t)st.count, "applied", (json_int_t)st.applied,
+                   "generation", (json_int_t)st.generation, "lag", (json_int_t)st.lag);
+}
+
 static char *stats_json(rv_serve_t *s, size_t *len) {
   json_t *root = json_object(), *cols = json_object();
   int bad = !root || !cols || json_object_set(root, "collections", cols);
@@ -346,11 +550,21 @@ static char *stats_json(rv_serve_t *s, size_t *len) {
     json_t *regions = json_object();
     bad = !regions || json_object_set_new(cols, col->name, regions);
     for (int r = 0; r < col->n_replicas && !bad; r++) {
-      rv_replica_stats_t st;
-      rv_replica_stats(col->replicas[r], &st);
-      json_t *o = json_pack("{s:I,s:I,s:I,s:I}", "count", (json_int_t)st.count, "applied",
-                            (json_int_t)st.applied, "generation", (json_int_t)st.generation,
-                            "lag", (json_int_t)st.lag);
+      int n = 0;
+      const rv_serve_shard_t *sh = region_shards(col, r, &n);
+      json_t *o = NULL;
+      if (sh) { /* {"shards":[{stats} or {"url":..}, ...]} */
+        json_t *arr = json_array();
+        for (int j = 0; j < n && arr; j++)
+          if (json_array_append_new(arr, sh[j].replica ? replica_stats_json(sh[j].replica)
+                                                       : json_pack("{s:s}", "url", sh[j].url))) {
+            json_decref(arr);
+            arr = NULL;
+          }
+        o = arr ? json_pack("{s:o}", "shards", arr) : NULL;
+      } else {
+        o = replica_stats_json(col->replicas[r]);
+      }
       bad = !o || json_object_set_new(regions, col->regions[r], o);
     }
   }
@@ -527,6 +741,56 @@ static void *service_main(void *arg) {
 
 /* ---- lifecycle ---- */
 
+/* A sharded region: n >= 1 shards, each a replica or a ws:// URL, one dim. */
+static rv_err_t check_shards(const rv_serve_collection_t *c, int r, const rv_serve_shard_t *sh, int n,
+                             char *errstr, size_t errstr_size) {
+  if (n < 1)
+    return rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "serve: collection \"%s\" region \"%s\": no shards",
+                   c->name, c->regions[r]);
+  int dim = c->dim;
+  for (int i = 0; i < n; i++) {
+    if (sh[i].replica) {
+      int d = rv_replica_collection(sh[i].replica)->dim;
+      if (dim > 0 && d != dim)
+        return rv_errf(RV_ERR_CONFIG, errstr, errstr_size,
+                       "serve: collection \"%s\" region \"%s\": shard %d has dim %d, not %d", c->name,
+                       c->regions[r], i, d, dim);
+      dim = d;
+    } else if (!memchr(sh[i].url, 0, sizeof sh[i].url) || strncmp(sh[i].url, "ws://", 5) || !sh[i].url[5]) {
+      return rv_errf(RV_ERR_CONFIG, errstr, errstr_size,
+                     "serve: collection \"%s\" region \"%s\": shard %d needs a replica or a ws://host:port URL",
+                     c->name, c->regions[r], i);
+    }
+  }
+  if (dim <= 0)
+    return rv_errf(RV_ERR_CONFIG, errstr, errstr_size,
+                   "serve: collection \"%s\" region \"%s\": only remote shards; give the collection's dim",
+                   c->name, c->regions[r]);
+  return RV_OK;
+}
+
+/* The distinct remote shard URLs of conf, into urls[0..max) (each borrowed),
+ * returning how many; with urls NULL, how many remote shards there are (an
+ * upper bound of the former). */
+static int remote_urls(const rv_serve_conf_t *conf, const char **urls, int max) {
+  int n = 0;
+  for (int i = 0; i < conf->n_collections; i++) {
+    const rv_serve_collection_t *c = &conf->collections[i];
+    for (int r = 0; r < c->n_replicas; r++) {
+      int ns = 0;
+      const rv_serve_shard_t *sh = region_shards(c, r, &ns);
+      for (int j = 0; sh && j < ns; j++) {
+        if (sh[j].replica) continue;
+        int seen = 0;
+        for (int k = 0; urls && k < n && !seen; k++) seen = !strcmp(urls[k], sh[j].url);
+        if (!urls) n++;
+        else if (!seen && n < max) urls[n++] = sh[j].url;
+      }
+    }
+  }
+  return n;
+}
+
 rv_serve_t *rv_serve_new(const rv_serve_conf_t *conf, char *errstr, size_t errstr_size) {
   if (conf->n_collections < 1 || !conf->collections) {
     rv_errf(RV_ERR_CONFIG, errstr, errstr_size, "serve: no collections");
@@ -551,12 +815,16 @@ rv_serve_t *rv_serve_new(const rv_serve_conf_t *conf, char *errstr, size_t errst
                 c->name);
         return NULL;
       }
-    for (int r = 0; r < c->n_replicas; r++)
-      if (!c->replicas[r] || !memchr(c->regions[r], 0, RV_NAME_MAX) || !c->regions[r][0]) {
+    for (int r = 0; r < c->n_replicas; r++) {
+      int n = 0;
+      const rv_serve_shard_t *sh = region_shards(c, r, &n);
+      if ((!sh && !c->replicas[r]) || !memchr(c->regions[r], 0, RV_NAME_MAX) || !c->regions[r][0]) {
         rv_errf(RV_ERR_CONFIG, errstr, errstr_size,
                 "serve: collection \"%s\": replica %d has no replica or region name", c->name, r);
         return NULL;
       }
+      if (sh && check_shards(c, r, sh, n, errstr, errstr_size)) return NULL;
+    }
   }
   if (conf->redis[0]) { /* validate the address now; workers connect later */
     rv_l2_t *probe = rv_l2_new(conf->redis, 1, NULL, "serve", errstr, errstr_size);
@@ -573,6 +841,9 @@ rv_serve_t *rv_serve_new(const rv_serve_conf_t *conf, char *errstr, size_t errst
   if (s->conf.l1_entries < 0) s->conf.l1_entries = 10000;
   if (s->conf.l2_ttl_s <= 0) s->conf.l2_ttl_s = 300;
   if (s->conf.workers <= 0) s->conf.workers = 2;
+  if (s->conf.shard_timeout_ms <= 0) s->conf.shard_timeout_ms = 1000;
+  if (s->conf.after_timeout_ms <= 0) s->conf.after_timeout_ms = 5000;
+  if (s->conf.max_waiting <= 0) s->conf.max_waiting = 1024;
   atomic_init(&s->stop, 0);
   if (s->conf.l1_entries > 0) {
     s->l1 = rv_lru_new((size_t)s->conf.l1_entries, L1_MAX_BYTES);
@@ -645,6 +916,18 @@ rv_err_t rv_serve_start(rv_serve_t *s, char *errstr, size_t errstr_size) {
     err = RV_ERR_NOMEM;
     goto fail;
   }
+  int n_urls = remote_urls(&s->conf, NULL, 0);
+  if (n_urls > 0) {
+    const char **urls = calloc((size_t)n_urls, sizeof *urls);
+    if (urls) n_urls = remote_urls(&s->conf, urls, n_urls);
+    s->remote = urls ? rv_remote_new(urls, n_urls, errstr, errstr_size) : NULL;
+    if (!urls) rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "serve: out of memory");
+    free(urls);
+    if (!s->remote) {
+      err = RV_ERR_CONFIG;
+      goto fail;
+    }
+  }
   if (pthread_create(&s->service, NULL, service_main, s)) {
     err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "serve: cannot start the service thread");
     goto fail;
@@ -656,7 +939,9 @@ rv_err_t rv_serve_start(rv_serve_t *s, char *errstr, size_t errstr_size) {
           s->conf.redis[0] ? s->conf.redis : "off");
   return RV_OK;
 
-fail: /* workers first: they may call lws_cancel_service on the context */
+fail: /* remote and workers first: they may call lws_cancel_service on the context */
+  rv_remote_destroy(s->remote);
+  s->remote = NULL;
   rv_workers_destroy(s->workers);
   s->workers = NULL;
   lws_context_destroy(s->ctx);
@@ -675,8 +960,13 @@ void rv_serve_destroy(rv_serve_t *s) {
     lws_cancel_service(s->ctx);
     pthread_join(s->service, NULL);
   }
-  /* Workers go before the context: they call lws_cancel_service on it. */
+  /* The remote client, the workers and the waiting searches go before the
+   * context: their answers call lws_cancel_service on it. Each reports what
+   * it still holds (fan-outs must hear from every shard to be freed). */
+  rv_remote_destroy(s->remote);
   rv_workers_destroy(s->workers);
+  if (s->n_waiting) check_waiting(s, 1);
+  free(s->waiting);
   if (s->ctx) lws_context_destroy(s->ctx); /* closes connections through the callback */
   rv_completions_destroy(s->done);
   rv_lru_destroy(s->l1);

@@ -98,6 +98,16 @@ static inline int ingest_fixture_open(ingest_fixture_t *f, const char *prefix, c
   return 0;
 }
 
+/* 1 when m is one of ingest's position markers (told by its rv-kind header,
+ * as any reader of the changelog must), 0 when it is a change. */
+static inline int ingest_fixture_is_marker(const rd_kafka_message_t *m) {
+  rd_kafka_headers_t *h = NULL;
+  const void *v;
+  size_t len;
+  return !rd_kafka_message_headers(m, &h) && h && !rd_kafka_header_get_last(h, RV_KIND_HEADER, &v, &len) && v &&
+         len == sizeof RV_KIND_POSITION - 1 && !memcmp(v, RV_KIND_POSITION, len);
+}
+
 /* Stops and frees what ingest_fixture_open started and removes the directory. */
 static inline void ingest_fixture_close(ingest_fixture_t *f) {
   if (f->producer) rd_kafka_destroy(f->producer);

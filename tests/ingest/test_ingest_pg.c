@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ingest_fixture.h"
 #include "rv_embedded.h"
 #include "rv_ingest.h"
 #include "rv_record.h"
@@ -57,7 +58,7 @@ static struct {
   int64_t now_ms;
   float vectors[N_ITEMS][DIM]; /* latest vector of item-%04d */
   float first[N_ITEMS][DIM];   /* first vector (kept by a delete) */
-  bad_t bad[8];
+  bad_t bad[10];
   int n_bad;
 } T;
 
@@ -403,6 +404,9 @@ static void test_ingest_end_to_end(void **state) {
   long_id[RV_ID_MAX + 1] = 0;
   b = add_bad(long_id, "bad_id");
   produce_record(long_id, RV_ID_MAX + 1, RV_OP_UPSERT, v, DIM, NULL, 0, 0, &b->value);
+  /* The changelog's own key: accepted, it would shadow the position markers in a compacted changelog. */
+  b = add_bad(RV_MARKER_KEY, "reserved_id");
+  produce_record(b->key, strlen(b->key), RV_OP_UPSERT, v, DIM, NULL, 0, 0, &b->value);
 
   /* Updates of existing ids, deletes (Avro, tombstone, never seen) and a revival. */
   for (int i = 1; i <= N_UPDATES; i++) {
@@ -545,6 +549,7 @@ typedef struct {
 
 static void on_change(rd_kafka_message_t *m, void *arg) {
   changes_t *c = arg;
+  if (ingest_fixture_is_marker(m)) return; /* position markers: checked by test_markers_follow_changes */
   c->n_changes++;
   rv_change_t ch;
   char e[256];
@@ -604,6 +609,139 @@ static void test_changelog_has_every_id(void **state) {
   assert_true(c->conf >= 1);
   for (int i = 0; i < N_ITEMS; i++) rv_change_close(&c->latest[i]);
   free(c);
+}
+
+/* The changelog read back in order, per partition: changes and decoded markers. */
+typedef struct {
+  int is_marker;
+  int32_t src_partition; /* a change's version */
+  int64_t src_offset;
+  rv_marker_t marker;
+} entry_t;
+
+typedef struct {
+  entry_t *e[3];
+  int n[3], cap[3];
+  int64_t t0, t1; /* committed_at must fall in [t0, t1] */
+} log_t;
+
+static void on_entry(rd_kafka_message_t *m, void *arg) {
+  log_t *l = arg;
+  int p = m->partition;
+  if (l->n[p] == l->cap[p]) {
+    l->cap[p] = l->cap[p] ? 2 * l->cap[p] : 256;
+    l->e[p] = realloc(l->e[p], (size_t)l->cap[p] * sizeof *l->e[p]);
+    assert_non_null(l->e[p]);
+  }
+  entry_t *x = &l->e[p][l->n[p]++];
+  memset(x, 0, sizeof *x);
+  char e[256];
+  if (ingest_fixture_is_marker(m)) {
+    x->is_marker = 1;
+    if (m->key_len != strlen(RV_MARKER_KEY) || memcmp(m->key, RV_MARKER_KEY, m->key_len))
+      fail_msg("marker at %d@%lld has key '%.*s'", p, (long long)m->offset, (int)m->key_len, (const char *)m->key);
+    if (rv_codec_decode_marker(T.codec, m->payload, m->len, &x->marker, e, sizeof e))
+      fail_msg("marker at %d@%lld: %s", p, (long long)m->offset, e);
+    if (x->marker.committed_at_ms < l->t0 || x->marker.committed_at_ms > l->t1)
+      fail_msg("marker committed_at %lld is outside the test's run [%lld, %lld]",
+               (long long)x->marker.committed_at_ms, (long long)l->t0, (long long)l->t1);
+  } else {
+    rv_change_t ch;
+    if (rv_codec_decode_change(T.codec, m->payload, m->len, &ch, e, sizeof e)) fail_msg("change: %s", e);
+    x->src_partition = ch.src_partition;
+    x->src_offset = ch.src_offset;
+    rv_change_close(&ch);
+  }
+}
+
+static int64_t marker_next(const rv_marker_t *m, int32_t src_partition) {
+  for (int i = 0; i < m->n; i++)
+    if (m->positions[i].partition == src_partition) return m->positions[i].next_offset;
+  return -1;
+}
+
+/* After each commit a position marker goes to every changelog partition,
+ * behind the changes it covers: on each changelog partition, no marker
+ * claims a change that comes after it, every change is covered by a marker
+ * after it, and the last marker lists every source partition at its stored
+ * next offset. */
+static void test_markers_follow_changes(void **state) {
+  (void)state;
+  rv_ingest_stats_t s;
+  int64_t deadline = rv_mono_ms() + 30000;
+  for (rv_ingest_stats(T.ingest, &s); s.published < s.changes || !s.markers; rv_ingest_stats(T.ingest, &s)) {
+    if (rv_mono_ms() > deadline) fail_msg("published %llu of %llu changes, %llu markers after 30 s",
+                                          (unsigned long long)s.published, (unsigned long long)s.changes,
+                                          (unsigned long long)s.markers);
+    usleep(20 * 1000);
+  }
+  /* The last marker is queued after the last change: wait until it is in too. */
+  int64_t stored[3];
+  for (int sp = 0; sp < 3; sp++) {
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT next_offset FROM rv_offsets WHERE topic = '%s' AND partition = %d",
+             COLL ".vectors", sp);
+    stored[sp] = query_int(sql);
+  }
+  log_t *l = calloc(1, sizeof *l);
+  l->t0 = T.now_ms - 60000;
+  l->t1 = rv_wall_ms() + 1000;
+  for (int attempt = 0;; attempt++) {
+    read_topic(COLL ".changelog", 3, on_entry, l);
+    int complete = 1;
+    for (int cp = 0; cp < 3; cp++) {
+      const entry_t *last = NULL;
+      for (int i = 0; i < l->n[cp]; i++)
+        if (l->e[cp][i].is_marker) last = &l->e[cp][i];
+      for (int sp = 0; sp < 3; sp++) complete &= last && marker_next(&last->marker, sp) == stored[sp];
+    }
+    if (complete) break;
+    if (attempt == 50) fail_msg("the last marker of some changelog partition does not list the stored offsets");
+    for (int cp = 0; cp < 3; cp++) {
+      for (int i = 0; i < l->n[cp]; i++) rv_marker_close(&l->e[cp][i].marker);
+      l->n[cp] = 0;
+    }
+    usleep(100 * 1000);
+  }
+  int markers = 0;
+  for (int cp = 0; cp < 3; cp++) {
+    int64_t seen[3] = {-1, -1, -1}; /* per source partition: the highest position a marker so far listed */
+    int n_markers = 0;
+    for (int i = 0; i < l->n[cp]; i++) {
+      const entry_t *x = &l->e[cp][i];
+      if (x->is_marker) {
+        n_markers++;
+        for (int k = 0; k < x->marker.n; k++) {
+          int32_t sp = x->marker.positions[k].partition;
+          if (sp < 0 || sp >= 3) fail_msg("marker lists source partition %d", (int)sp);
+          if (x->marker.positions[k].next_offset < seen[sp])
+            fail_msg("changelog %d: a marker moved source partition %d back to %lld", cp, (int)sp,
+                     (long long)x->marker.positions[k].next_offset);
+          seen[sp] = x->marker.positions[k].next_offset;
+        }
+        continue;
+      }
+      if (x->src_offset < seen[x->src_partition])
+        fail_msg("changelog %d @%d: change %d@%lld comes after a marker that covered it (next_offset %lld)", cp, i,
+                 (int)x->src_partition, (long long)x->src_offset, (long long)seen[x->src_partition]);
+      /* ... and some marker after it covers it. */
+      int covered = 0;
+      for (int j = i + 1; j < l->n[cp] && !covered; j++)
+        covered = l->e[cp][j].is_marker && marker_next(&l->e[cp][j].marker, x->src_partition) > x->src_offset;
+      if (!covered)
+        fail_msg("changelog %d @%d: change %d@%lld is covered by no marker after it", cp, i, (int)x->src_partition,
+                 (long long)x->src_offset);
+    }
+    if (!n_markers) fail_msg("changelog partition %d holds no marker", cp);
+    markers += n_markers;
+  }
+  print_message("%d markers on 3 changelog partitions, %llu queued rounds\n", markers,
+                (unsigned long long)s.markers);
+  for (int cp = 0; cp < 3; cp++) {
+    for (int i = 0; i < l->n[cp]; i++) rv_marker_close(&l->e[cp][i].marker);
+    free(l->e[cp]);
+  }
+  free(l);
 }
 
 static void test_restart_resumes_from_stored_offsets(void **state) {
@@ -723,6 +861,7 @@ int main(void) {
       cmocka_unit_test(test_ingest_end_to_end),
       cmocka_unit_test(test_dlq_holds_bad_records),
       cmocka_unit_test(test_changelog_has_every_id),
+      cmocka_unit_test(test_markers_follow_changes),
       cmocka_unit_test(test_restart_resumes_from_stored_offsets),
       cmocka_unit_test(test_postgres_outage_is_retried),
       cmocka_unit_test(test_records_deleted_upstream_are_counted),

@@ -47,6 +47,7 @@ static void test_reject_codes(void **state) {
   assert_string_equal("decode_error", rv_reject_code(RV_REJECT_DECODE));
   assert_string_equal("unknown_schema_id", rv_reject_code(RV_REJECT_UNKNOWN_SCHEMA));
   assert_string_equal("bad_id", rv_reject_code(RV_REJECT_BAD_ID));
+  assert_string_equal("reserved_id", rv_reject_code(RV_REJECT_RESERVED_ID));
   assert_string_equal("wrong_dim", rv_reject_code(RV_REJECT_WRONG_DIM));
   assert_string_equal("non_finite", rv_reject_code(RV_REJECT_NON_FINITE));
   assert_string_equal("missing_vector", rv_reject_code(RV_REJECT_MISSING_VECTOR));
@@ -115,6 +116,21 @@ static void test_ids(void **state) {
   make_upsert(&r, "nul-in-id");
   r.id[3] = 0; /* id_len still covers the NUL */
   assert_reject(RV_REJECT_BAD_ID, check(&r));
+  rv_vector_record_close(&r);
+
+  /* The changelog's own keys (position markers) are reserved, deletes included. */
+  char msg[256];
+  make_upsert(&r, RV_MARKER_KEY);
+  assert_reject(RV_REJECT_RESERVED_ID, rv_validate_record(&r, &rules, msg, sizeof msg));
+  assert_non_null(strstr(msg, "reserved"));
+  r.op = RV_OP_DELETE;
+  assert_reject(RV_REJECT_RESERVED_ID, check(&r));
+  rv_vector_record_close(&r);
+  make_upsert(&r, "__rv"); /* not the whole prefix */
+  assert_reject(RV_REJECT_NONE, check(&r));
+  rv_vector_record_close(&r);
+  make_upsert(&r, "_rv_x");
+  assert_reject(RV_REJECT_NONE, check(&r));
   rv_vector_record_close(&r);
 }
 

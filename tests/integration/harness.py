@@ -431,23 +431,35 @@ def decode_change(b):
     return c
 
 
-def kcat_read(bootstrap, topic, timeout=180):
+# Ingest's position markers on the changelog carry this Kafka header
+# (common/rv_record.h RV_KIND_HEADER = RV_KIND_POSITION): readers of changes skip them.
+MARKER_HEADER = b"rv-kind=position"
+
+
+def kcat_read(bootstrap, topic, timeout=180, markers=False):
     """Every message of every partition of topic, from the beginning to the
     end: [(partition, offset, key bytes or None, value bytes or None)], read
-    with kcat (an independent client)."""
+    with kcat (an independent client). Position markers (told by their
+    rv-kind header) are left out unless markers is set; then each tuple has a
+    fifth item, 1 for a marker and 0 for anything else."""
     r = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q",
-                        "-f", "%p %o %K %S\n%k%s"], capture_output=True, timeout=timeout)
+                        "-f", "%p %o %K %S\t%h\n%k%s"], capture_output=True, timeout=timeout)
     check(r.returncode == 0, f"kcat -C {topic} failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
     out, pos, msgs = r.stdout, 0, []
     while pos < len(out):
         nl = out.index(b"\n", pos)
-        p, o, klen, vlen = (int(x) for x in out[pos:nl].split())
+        head, _, hdrs = out[pos:nl].partition(b"\t")
+        p, o, klen, vlen = (int(x) for x in head.split())
+        marker = MARKER_HEADER in hdrs.split(b",")
         pos = nl + 1
         key = out[pos:pos + klen] if klen >= 0 else None
         pos += max(klen, 0)
         val = out[pos:pos + vlen] if vlen >= 0 else None
         pos += max(vlen, 0)
-        msgs.append((p, o, key, val))
+        if markers:
+            msgs.append((p, o, key, val, int(marker)))
+        elif not marker:
+            msgs.append((p, o, key, val))
     return msgs
 
 

@@ -47,7 +47,8 @@ def run(env):
     check(r.returncode == 0 and lines, f"kafkajs client exited {r.returncode}: {r.stdout} {r.stderr[-2000:]}")
     result = json.loads(lines[-1])
     check(result.get("changelog_ids") == N and not result.get("problems"), f"kafkajs client: {result}")
-    log(f"kafkajs published {N} records; the changelog it read back has all of them, vectors exact")
+    log(f"kafkajs published {N} records; the changelog it read back has all of them, vectors exact "
+        f"({result.get('markers')} position marker(s) told apart by their rv-kind header)")
 
     wait_for(f"{N} searchable", lambda: collection_count(ep["http"], "kj") == N, 60, 0.25, alive=[pipeline])
     ws = WsClient(ep["ws"])

@@ -473,6 +473,94 @@ static void test_filter_build(void **state) {
   rv_attrs_destroy(a);
 }
 
+static void test_after_parse(void **state) {
+  (void)state;
+  rv_request_t r;
+  char msg[256];
+  const char *ok = "{\"type\":\"search\",\"id\":1,\"collection\":\"c\",\"vector\":[1],"
+                   "\"after\":{\"partition\":3,\"offset\":9007199254740993}}";
+  assert_int_equal(parse(ok, &r, msg, sizeof msg), RV_PROTO_OK);
+  assert_int_equal(r.has_after, 1);
+  assert_int_equal(r.after_partition, 3);
+  assert_true(r.after_offset == 9007199254740993LL);
+  rv_request_close(&r);
+  assert_int_equal(parse("{\"type\":\"search\",\"id\":1,\"collection\":\"c\",\"vector\":[1],\"after\":null}", &r, msg,
+                         sizeof msg),
+                   RV_PROTO_OK);
+  assert_int_equal(r.has_after, 0);
+  rv_request_close(&r);
+#define AFTER(x) "{\"type\":\"search\",\"id\":\"a\",\"collection\":\"c\",\"vector\":[1],\"after\":" x "}"
+  expect_error(AFTER("5"), RV_PROTO_BAD_REQUEST, "\"a\"", "\"after\" must be an object");
+  expect_error(AFTER("[0,1]"), RV_PROTO_BAD_REQUEST, "\"a\"", "\"after\" must be an object");
+  expect_error(AFTER("{\"offset\":1}"), RV_PROTO_BAD_REQUEST, "\"a\"", "after.partition");
+  expect_error(AFTER("{\"partition\":-1,\"offset\":1}"), RV_PROTO_BAD_REQUEST, "\"a\"", "after.partition");
+  expect_error(AFTER("{\"partition\":2147483648,\"offset\":1}"), RV_PROTO_BAD_REQUEST, "\"a\"", "after.partition");
+  expect_error(AFTER("{\"partition\":\"0\",\"offset\":1}"), RV_PROTO_BAD_REQUEST, "\"a\"", "after.partition");
+  expect_error(AFTER("{\"partition\":0}"), RV_PROTO_BAD_REQUEST, "\"a\"", "after.offset");
+  expect_error(AFTER("{\"partition\":0,\"offset\":-5}"), RV_PROTO_BAD_REQUEST, "\"a\"", "after.offset");
+  expect_error(AFTER("{\"partition\":0,\"offset\":1.5}"), RV_PROTO_BAD_REQUEST, "\"a\"", "after.offset");
+#undef AFTER
+}
+
+/* The request forwarded to a shard parses back to the same search. */
+static void test_search_json_round_trip(void **state) {
+  (void)state;
+  rv_request_t a, b;
+  char msg[256];
+  const char *text = "{\"type\":\"search\",\"id\":\"x\",\"collection\":\"fa\\u00e9\",\"region\":\"eu\","
+                     "\"vector\":[0.1,-3.4028234e38,1e-45,7],\"k\":17,\"ef\":99,"
+                     "\"filter\":{\"b\":{\"in\":[\"x\",2]},\"a\":{\"gte\":0.1,\"lt\":5}},"
+                     "\"after\":{\"partition\":2,\"offset\":41}}";
+  assert_int_equal(parse(text, &a, msg, sizeof msg), RV_PROTO_OK);
+  size_t len = 0;
+  char *fwd = rv_request_search_json(&a, &len);
+  assert_non_null(fwd);
+  assert_int_equal(strlen(fwd), len);
+  assert_null(strstr(fwd, "\"id\""));
+  assert_null(strstr(fwd, "region"));
+  /* add an id as the remote client does */
+  char with_id[1024];
+  snprintf(with_id, sizeof with_id, "{\"id\":5,%s", fwd + 1);
+  assert_int_equal(parse(with_id, &b, msg, sizeof msg), RV_PROTO_OK);
+  assert_string_equal(b.collection, a.collection);
+  assert_int_equal(b.dim, a.dim);
+  assert_memory_equal(b.vector, a.vector, sizeof(float) * (size_t)a.dim); /* float32 exact */
+  assert_int_equal(b.k, 17);
+  assert_int_equal(b.ef, 99);
+  assert_string_equal(b.filter_key, a.filter_key);
+  assert_int_equal(b.has_after, 1);
+  assert_int_equal(b.after_partition, 2);
+  assert_true(b.after_offset == 41);
+  free(fwd);
+  rv_request_close(&a);
+  rv_request_close(&b);
+  /* without ef, filter, after */
+  assert_int_equal(parse("{\"type\":\"search\",\"id\":1,\"collection\":\"c\",\"vector\":[1]}", &a, msg, sizeof msg),
+                   RV_PROTO_OK);
+  fwd = rv_request_search_json(&a, &len);
+  assert_string_equal(fwd, "{\"type\":\"search\",\"collection\":\"c\",\"vector\":[1],\"k\":10}");
+  free(fwd);
+  rv_request_close(&a);
+}
+
+static void test_not_yet_visible_reply(void **state) {
+  (void)state;
+  assert_string_equal(rv_proto_code_name(RV_PROTO_NOT_YET_VISIBLE), "not_yet_visible");
+  assert_int_equal(rv_proto_code_parse("not_yet_visible"), RV_PROTO_NOT_YET_VISIBLE);
+  assert_int_equal(rv_proto_code_parse("bad_filter"), RV_PROTO_BAD_FILTER);
+  assert_int_equal(rv_proto_code_parse("no such code"), RV_PROTO_INTERNAL);
+  assert_int_equal(rv_proto_code_parse(NULL), RV_PROTO_INTERNAL);
+  size_t len = 0;
+  char *t = rv_reply_error_extra("\"q\"", RV_PROTO_NOT_YET_VISIBLE, "late", "\"positions\":{\"0\":12}", &len);
+  assert_string_equal(t, "{\"type\":\"error\",\"id\":\"q\",\"code\":\"not_yet_visible\",\"message\":\"late\","
+                         "\"positions\":{\"0\":12}}");
+  assert_int_equal(strlen(t), len);
+  free(t);
+  t = rv_reply_error_extra(NULL, RV_PROTO_OVERLOADED, "busy", NULL, &len);
+  assert_string_equal(t, "{\"type\":\"error\",\"id\":null,\"code\":\"overloaded\",\"message\":\"busy\"}");
+  free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_search),
@@ -489,6 +577,9 @@ int main(void) {
       cmocka_unit_test(test_filter_parse),
       cmocka_unit_test(test_filter_syntax_errors),
       cmocka_unit_test(test_filter_build),
+      cmocka_unit_test(test_after_parse),
+      cmocka_unit_test(test_search_json_round_trip),
+      cmocka_unit_test(test_not_yet_visible_reply),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
