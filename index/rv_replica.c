@@ -157,6 +157,7 @@ struct rv_replica {
   pthread_t snap_thread;      /* the background snapshot writer (applier thread starts and joins it) */
   int snap_started;           /* applier only (and destroy, after the applier): snap_thread to join */
   atomic_int snap_busy;       /* the background writer is running */
+  atomic_int unsaved;         /* a state swap (bootstrap) happened since the last periodic snapshot */
 
   atomic_uint_fast64_t skipped;
   atomic_int_fast64_t lag; /* written by the applier thread */
@@ -468,6 +469,7 @@ rv_replica_t *rv_replica_new(const rv_replica_conf_t *conf, char *errstr, size_t
   }
   inited = 6;
   atomic_init(&r->snap_busy, 0);
+  atomic_init(&r->unsaved, 0);
   if (c->snapshot_path[0]) {
     char why[512] = "";
     int64_t t0 = rv_mono_ms();
@@ -875,6 +877,7 @@ static void swap_state(rv_replica_t *r, state_t *fresh) {
   pthread_rwlock_unlock(&r->meta_lock);
   pthread_rwlock_unlock(&r->lock);
   memset(fresh, 0, sizeof *fresh);
+  atomic_store(&r->unsaved, 1); /* a loaded state is worth a snapshot even if nothing is applied after it */
   atomic_store(&r->tombstones, r->st.n_tomb);
   atomic_fetch_add_explicit(&r->generation, 1, memory_order_release);
   state_close(&old); /* no search holds it: they all ran under the lock we just held */
@@ -1952,9 +1955,12 @@ static void handle_message(applier_t *a, const rd_kafka_message_t *m) {
   part_t *pt = r->parts[a->pidx[m->partition]];
   pt->fetched = 1;
   if (is_marker(m)) {
-    handle_marker(a, pt, m);
+    /* The offset first: a reader woken by the marker's positions sees the
+     * partition past it (a snapshot taken in between saves positions lower
+     * than the offset implies, which the next marker raises again). */
     atomic_store(&pt->next_off, m->offset + 1);
     if (atomic_load(&pt->hw) < m->offset + 1) atomic_store(&pt->hw, m->offset + 1);
+    handle_marker(a, pt, m);
     return;
   }
   int live = !r->replaying;
@@ -2093,7 +2099,8 @@ static void maybe_snapshot(rv_replica_t *r, int64_t *saved_at, uint64_t *saved_a
   if (now - *saved_at < (int64_t)r->conf.snapshot_interval_s * 1000 || atomic_load(&r->snap_busy)) return;
   *saved_at = now;
   uint64_t applied = atomic_load(&r->applied);
-  if (applied == *saved_applied) return;
+  if (applied == *saved_applied && !atomic_load(&r->unsaved)) return;
+  atomic_store(&r->unsaved, 0);
   if (r->snap_started) { /* finished: snap_busy is 0 */
     pthread_join(r->snap_thread, NULL);
     r->snap_started = 0;
