@@ -8,7 +8,13 @@
  * <collection>.changelog through a transactional outbox (rv_outbox.h): the
  * changes are written in the batch's transaction and published after its
  * COMMIT, so a change is never published for rows that were not committed,
- * and a crash after the COMMIT re-publishes them instead of losing them. */
+ * and a crash after the COMMIT re-publishes them instead of losing them.
+ * After each batch's changes are queued, and after the outbox of newly
+ * assigned partitions was republished, one position marker (rv_record.h)
+ * goes to every changelog partition on the same producer, listing the
+ * published next offset of each owned source partition (read-your-writes).
+ * A batch closes at batch_rows, at batch_ms, or as soon as the consumer has
+ * nothing more waiting. */
 #include <stddef.h>
 #include <stdint.h>
 
