@@ -882,6 +882,23 @@ static void swap_state(rv_replica_t *r, state_t *fresh) {
   atomic_fetch_add_explicit(&r->generation, 1, memory_order_release);
   state_close(&old); /* no search holds it: they all ran under the lock we just held */
 }
+size_t rv_replica_foreach_live(rv_replica_t *r, void (*fn)(void *ctx, const char *id, int32_t partition,
+                                                           int64_t offset),
+                               void *ctx) {
+  if (!r || !fn) return 0;
+  size_t n = 0;
+  pthread_rwlock_rdlock(&r->meta_lock); /* a swap of the state takes it exclusively too */
+  const versions_t *v = &r->st.versions;
+  for (size_t i = 0; i < v->cap; i++) {
+    const version_t *e = &v->slots[i];
+    if (!e->id || e->slot == NO_SLOT) continue;
+    fn(ctx, e->id, e->partition, e->offset);
+    n++;
+  }
+  pthread_rwlock_unlock(&r->meta_lock);
+  return n;
+}
+
 /* ---- searching -------------------------------------------------------------- */
 
 static int hit_cmp(const void *pa, const void *pb) {

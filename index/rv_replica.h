@@ -246,6 +246,16 @@ typedef struct rv_replica_applied {
 void rv_replica_set_on_applied(rv_replica_t *r, void (*fn)(void *ctx, const rv_replica_applied_t *batch),
                                void *ctx);
 
+/* Calls fn(ctx, id, src_partition, src_offset) for every live (not deleted)
+ * id with the version of the change that put it there, in no particular
+ * order; returns how many. Holds the version map's read lock throughout: the
+ * applier's publications wait meanwhile, so fn must be quick and must not
+ * call into the replica. For consistency checks (GET /api/replica/versions).
+ * Thread: any. */
+size_t rv_replica_foreach_live(rv_replica_t *r, void (*fn)(void *ctx, const char *id, int32_t partition,
+                                                           int64_t offset),
+                               void *ctx);
+
 /* 1 if id belongs to this replica's shard (its changelog partition, by the
  * producer's partitioner, is one it reads), always 1 without shards. Needs
  * the changelog partition count: 0 until the applier knows it. Thread: any. */

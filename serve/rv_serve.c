@@ -599,16 +599,72 @@ static int http_send_headers(session_t *ss, struct lws *wsi) {
 
 /* /ready (want_ready) and /startup: 1 when every replica served is ready
  * (rv_replica_ready) or, for /startup, bootstrapped. */
+static int replica_ok(rv_replica_t *r, int want_ready) {
+  if (!r) return 1; /* a remote shard: its own process answers for it */
+  rv_replica_stats_t st;
+  if (!want_ready) rv_replica_stats(r, &st);
+  return want_ready ? rv_replica_ready(r) : st.bootstrapped;
+}
+
 static int replicas_all(const rv_serve_t *s, int want_ready) {
   for (int i = 0; i < s->conf.n_collections; i++) {
     const rv_serve_collection_t *c = &s->conf.collections[i];
     for (int j = 0; j < c->n_replicas; j++) {
-      rv_replica_stats_t st;
-      if (!want_ready) rv_replica_stats(c->replicas[j], &st);
-      if (want_ready ? !rv_replica_ready(c->replicas[j]) : !st.bootstrapped) return 0;
+      if (c->replicas && !replica_ok(c->replicas[j], want_ready)) return 0;
+      if (c->shards && c->shards[j])
+        for (int k = 0; k < c->n_shards[j]; k++)
+          if (!replica_ok(c->shards[j][k].replica, want_ready)) return 0;
     }
   }
   return 1;
+}
+
+static void add_version(void *ctx, const char *id, int32_t partition, int64_t offset) {
+  json_t *ids = ctx;
+  json_array_append_new(ids, json_pack("[s,i,I]", id, (int)partition, (json_int_t)offset));
+}
+
+/* GET /api/replica/versions?collection=C[&region=R]: every live id of the
+ * region's in-process replica (or the union of its in-process shards) with
+ * the version it holds, for consistency checks against PostgreSQL. */
+static char *versions_json(rv_serve_t *s, struct lws *wsi, unsigned *status, size_t *len) {
+  char col_name[RV_NAME_MAX + 16], region[RV_NAME_MAX + 16];
+  /* lws copies "name=value" into the buffer and returns the value, or NULL */
+  const char *cn = lws_get_urlarg_by_name(wsi, "collection=", col_name, (int)sizeof col_name);
+  const char *rn = lws_get_urlarg_by_name(wsi, "region=", region, (int)sizeof region);
+  if (!cn) cn = "";
+  if (!rn) rn = "";
+  const rv_serve_collection_t *col = NULL;
+  for (int i = 0; i < s->conf.n_collections && !col; i++)
+    if (!cn[0] ? s->conf.n_collections == 1 : !strcmp(s->conf.collections[i].name, cn)) col = &s->conf.collections[i];
+  int r = -1;
+  for (int j = 0; col && j < col->n_replicas && r < 0; j++)
+    if (!rn[0] || !strcmp(col->regions[j], rn)) r = j;
+  rv_replica_t *held[64];
+  int n = 0;
+  if (r >= 0 && col->shards && col->shards[r]) {
+    for (int k = 0; k < col->n_shards[r] && n < 64; k++)
+      if (col->shards[r][k].replica) held[n++] = col->shards[r][k].replica;
+  } else if (r >= 0 && col->replicas && col->replicas[r]) {
+    held[n++] = col->replicas[r];
+  }
+  json_t *o;
+  if (!n) {
+    *status = HTTP_STATUS_NOT_FOUND;
+    o = json_pack("{s:s,s:s}", "code", "not_found", "message",
+                  "no replica of that collection and region is held in this process (give ?collection=C&region=R)");
+  } else {
+    json_t *ids = json_array();
+    size_t count = 0;
+    for (int k = 0; k < n && ids; k++) count += rv_replica_foreach_live(held[k], add_version, ids);
+    o = ids ? json_pack("{s:s,s:s,s:I,s:o}", "collection", col->name, "region", col->regions[r], "count",
+                        (json_int_t)count, "ids", ids)
+            : NULL;
+  }
+  char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+  json_decref(o);
+  if (text) *len = strlen(text);
+  return text;
 }
 
 static int http_request(rv_serve_t *s, session_t *ss, struct lws *wsi, const char *path) {
@@ -634,6 +690,8 @@ static int http_request(rv_serve_t *s, session_t *ss, struct lws *wsi, const cha
     len = body ? strlen(body) : 0;
   } else if (get && !strcmp(path, "/api/stats")) {
     body = stats_json(s, &len);
+  } else if (get && !strcmp(path, "/api/replica/versions")) {
+    body = versions_json(s, wsi, &status, &len);
   } else {
     status = HTTP_STATUS_NOT_FOUND;
     body = not_found_json(path, &len);
