@@ -46,6 +46,7 @@ void rv_produce_opts_init(rv_produce_opts_t *o) {
   o->schema_id = 1;
   o->flush_timeout_ms = 60000;
   o->wait_timeout_ms = 10000;
+  o->wait_every = 1;
 }
 
 /* ---- --wait-visible: producer send -> searchable ------------------------------ */
@@ -70,7 +71,7 @@ typedef struct visibility {
   int64_t outstanding;
   int64_t *lat_us;
   size_t n_lat, cap_lat;
-  int64_t visible, found, failed;
+  int64_t probed, visible, found, failed;
   char first_err[256];
 } visibility_t;
 
@@ -180,6 +181,7 @@ static void visibility_send(visibility_t *v, const probe_t *p, int32_t partition
     return;
   }
   v->outstanding++;
+  v->probed++;
   pthread_mutex_unlock(&v->lock);
   int64_t deadline = rv_mono_us() + (int64_t)v->timeout_ms * 1000;
   rv_err_t err;
@@ -214,7 +216,8 @@ static void visibility_finish(visibility_t *v, rv_produce_result_t *res) {
   v->rm = NULL;
   res->visible = v->visible;
   res->found = v->found;
-  res->not_visible = res->delivered - v->visible;
+  res->probed = v->probed;
+  res->not_visible = v->probed - v->visible;
   snprintf(res->first_visible_error, sizeof res->first_visible_error, "%s", v->first_err);
   if (v->n_lat) {
     qsort(v->lat_us, v->n_lat, sizeof *v->lat_us, cmp_i64);
@@ -475,7 +478,8 @@ rv_err_t rv_produce_run(const rv_produce_opts_t *opts, volatile int *stop, rv_pr
       rd_kafka_poll(rk, (int)(wait / 1000));
     }
     probe_t *probe = NULL;
-    if (r.vis && !(probe = probe_new(&rec))) {
+    int every = opts->wait_every > 0 ? opts->wait_every : 1;
+    if (r.vis && res->sent % every == 0 && !(probe = probe_new(&rec))) {
       err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
       break;
     }
@@ -524,8 +528,8 @@ out:
   if (vis.rm) {
     visibility_finish(&vis, res);
     if (!err && (res->not_visible > 0 || res->found < res->visible))
-      err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "%lld of %lld delivered records not visible, %lld not found (%s)",
-                    (long long)res->not_visible, (long long)res->delivered, (long long)(res->visible - res->found),
+      err = rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "%lld of %lld probed records not visible, %lld not found (%s)",
+                    (long long)res->not_visible, (long long)res->probed, (long long)(res->visible - res->found),
                     res->first_visible_error);
     free(vis.lat_us);
     pthread_cond_destroy(&vis.cond);
@@ -648,6 +652,8 @@ static void usage(FILE *f, const char *prog) {
           "                            the collection is --collection, else the topic\n"
           "                            without \".vectors\"\n"
           "      --wait-timeout MS     longest wait for one record's answer (default 10000)\n"
+          "      --wait-every N        search for every N-th record only (default 1: each),\n"
+          "                            so probing does not load the serve at high rates\n"
           "  -q, --quiet               no progress lines on stderr\n"
           "  -h, --help                this text\n"
           "\n"
@@ -688,7 +694,7 @@ static void *wait_signals(void *arg) {
 }
 
 int rv_produce_main(int argc, char **argv) {
-  enum { OPT_FLUSH_TIMEOUT = 1000, OPT_WAIT_TIMEOUT };
+  enum { OPT_FLUSH_TIMEOUT = 1000, OPT_WAIT_TIMEOUT, OPT_WAIT_EVERY };
   static const struct option longopts[] = {
       {"brokers", required_argument, NULL, 'b'},   {"endpoints", required_argument, NULL, 'e'},
       {"topic", required_argument, NULL, 't'},     {"collection", required_argument, NULL, 'c'},
@@ -699,6 +705,7 @@ int rv_produce_main(int argc, char **argv) {
       {"schema-id", required_argument, NULL, 'S'}, {"delete", no_argument, NULL, 'd'},
       {"quiet", no_argument, NULL, 'q'},           {"flush-timeout", required_argument, NULL, OPT_FLUSH_TIMEOUT},
       {"wait-visible", required_argument, NULL, 'w'}, {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
+      {"wait-every", required_argument, NULL, OPT_WAIT_EVERY},
       {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0}};
   const char *prog = argc > 0 ? argv[0] : "produce";
   rv_produce_opts_t opts;
@@ -732,6 +739,13 @@ int rv_produce_main(int argc, char **argv) {
         return 2;
       }
       opts.wait_timeout_ms = (int)v;
+      break;
+    case OPT_WAIT_EVERY:
+      if (parse_i64(optarg, 1, &v) || v > 1000000) {
+        fprintf(stderr, "produce: bad --wait-every \"%s\" (1..1000000)\n", optarg);
+        return 2;
+      }
+      opts.wait_every = (int)v;
       break;
     case 'q': opts.progress = 0; break;
     case 'F':
@@ -856,7 +870,7 @@ int rv_produce_main(int argc, char **argv) {
   if (opts.wait_visible)
     printf("visible: %lld of %lld records searchable, %lld found by id; send -> searchable p50 %.1f ms, "
            "p99 %.1f ms, max %.1f ms\n",
-           (long long)res.visible, (long long)res.delivered, (long long)res.found, res.latency_p50_us / 1000.0,
+           (long long)res.visible, (long long)res.probed, (long long)res.found, res.latency_p50_us / 1000.0,
            res.latency_p99_us / 1000.0, res.latency_max_us / 1000.0);
   fflush(stdout);
   if (res.input_error) return err == RV_ERR_CORRUPT ? EX_DATAERR : EX_NOINPUT;

@@ -37,6 +37,7 @@ typedef struct rv_produce_opts {
                                 producer send -> searchable (rv_produce_result_t.visible...) */
   const char *collection;    /* the collection searched by wait_visible; required with it */
   int wait_timeout_ms;       /* wait_visible: longest wait for one record's answer; default 10000 */
+  int wait_every;            /* wait_visible: probe every this many-th record (1, 2, ...); default 1 = all */
 } rv_produce_opts_t;
 
 typedef struct rv_produce_result {
@@ -48,9 +49,10 @@ typedef struct rv_produce_result {
   int input_error;    /* 1 if the run failed because of the input: it could not be opened
                        * (RV_ERR_IO returned) or held bad data later (the source's error) */
   /* With opts.wait_visible: */
-  int64_t visible;    /* delivered records the serve answered for (their position reached) */
+  int64_t probed;     /* delivered records searched for (every opts.wait_every-th) */
+  int64_t visible;    /* probed records the serve answered for (their position reached) */
   int64_t found;      /* of those, records whose id was among the hits */
-  int64_t not_visible; /* delivered records answered with an error (e.g. not_yet_visible) or not at all */
+  int64_t not_visible; /* probed records answered with an error (e.g. not_yet_visible) or not at all */
   int64_t latency_p50_us, latency_p99_us, latency_max_us; /* producer send -> answered, over the visible */
   char first_visible_error[256]; /* the first such error, "" when none */
 } rv_produce_result_t;
