@@ -49,9 +49,12 @@ def run(env):
     check(len(shard_counts) == 2 and all(shard_counts) and sum(shard_counts) == N, f"split shards: {st['split']}")
     log(f"split region: shards hold {shard_counts}; whole: {st['whole']['count']}")
     wait_for("/ready", lambda: http_status(ep["http"] + "ready")[0] == 200, 30, 0.1, alive=[pipeline])
-    m = metrics(ep["http"].rstrip("/"))
-    per_shard = {s: m.get(f'rv_replica_vectors{{region="split",collection="shr",shard="{s}"}}') for s in ("0/2", "1/2")}
-    check(per_shard == {"0/2": shard_counts[0], "1/2": shard_counts[1]}, f"rv_replica_vectors per shard: {per_shard}")
+
+    def per_shard():  # the gauges are refreshed every 200 ms
+        m = metrics(ep["http"].rstrip("/"))
+        return {s: m.get(f'rv_replica_vectors{{region="split",collection="shr",shard="{s}"}}') for s in ("0/2", "1/2")}
+    wait_for("rv_replica_vectors per shard", lambda: per_shard() == {"0/2": shard_counts[0], "1/2": shard_counts[1]},
+             10, 0.1, alive=[pipeline])
 
     ws = WsClient(ep["ws"])
     queries = rng.integers(-32, 32, size=(20, DIM)).astype(np.float64) / 4.0
