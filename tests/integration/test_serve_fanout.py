@@ -128,11 +128,10 @@ def run(env):
     check(http_status(http + "/health")[0] == 200, "serve /health")
     wait_for("serve /ready", lambda: http_status(http + "/ready")[0] == 200, 30, interval=0.05, alive=[serve])
     check(http_status(http + "/startup")[0] == 200, "serve /startup")
-    m = metrics(http)
-    check(m.get('rv_serve_shard_up{region="split",shard="0/2"}') == 1 and
-          m.get('rv_serve_shard_up{region="split",shard="1/2"}') == 1 and
-          m.get('rv_serve_shard_up{region="whole",shard="0/1"}') == 1 and m.get("rv_serve_ready") == 1,
-          f"serve metrics: {m}")
+    up = ('rv_serve_shard_up{region="split",shard="0/2"}', 'rv_serve_shard_up{region="split",shard="1/2"}',
+          'rv_serve_shard_up{region="whole",shard="0/1"}', "rv_serve_ready")
+    wait_for("every shard up in the serve metrics", lambda: all(metrics(http).get(k) == 1 for k in up), 5,
+             interval=0.05, alive=[serve])
 
     ws = WsClient(ws_url)
     queries = rng.integers(-64, 64, size=(30, DIM)).astype(np.float64) / 8.0
