@@ -3,6 +3,7 @@
  *   pipeline run FILE [...]   run every stage of a topology in this process
  *   ingest --topology FILE    run only the ingest stage of a topology
  *   index --topology FILE --region R   run one region's index replica (a shard of it) and serve it
+ *   serve --topology FILE     serve every region by fanning searches out to its `ruvector index` processes
  *   broker [...]              run the embedded Kafka (librdkafka mock cluster) as its own process
  *   produce [...]             publish vectors to Kafka
  */
@@ -18,6 +19,7 @@
 #include "rv_ingest_cmd.h"
 #include "rv_produce.h"
 #include "rv_runner.h"
+#include "rv_serve_cmd.h"
 #include "rv_topology.h"
 
 #define EX_USAGE 64
@@ -44,6 +46,11 @@ static void usage(FILE *out) {
         "                                  changelog, serve rv.v1 search and /health /ready\n"
         "                                  /startup /metrics; SIGTERM saves snapshots, exit 0\n"
         "                                  (see index --help)\n"
+        "  serve --topology FILE [--listen HOST:PORT] [--collection C]\n"
+        "                                  serve rv.v1 search for every region, holding no replica:\n"
+        "                                  each search fans out to the region's `ruvector index`\n"
+        "                                  processes (shard I at its listen port + I) and their\n"
+        "                                  hits are merged; /health /ready /metrics (see serve --help)\n"
         "  broker [--topology FILE] [...]  run the embedded Kafka as its own process (see broker --help)\n"
         "  produce [...]                   publish vectors to Kafka (see produce --help)\n"
         "  index-bench [...]               build the HNSW engine over a base set and time searches\n"
@@ -162,6 +169,7 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "broker")) return cmd_broker(argc - 1, argv + 1);
   if (!strcmp(cmd, "ingest")) return rv_ingest_cmd_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "index")) return rv_index_cmd_main(argc - 1, argv + 1);
+  if (!strcmp(cmd, "serve")) return rv_serve_cmd_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "produce")) return rv_produce_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "index-bench")) return rv_index_bench_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {

@@ -37,8 +37,14 @@ typedef struct runner {
   char pg_conninfo[1024];
   char redis_addr[512];
   rv_ingest_t *ingest[RV_MAX_COLLECTIONS];
-  rv_replica_t *replicas[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];
+  rv_replica_t *replicas[RV_MAX_COLLECTIONS][RV_MAX_REGIONS]; /* NULL for a region with shards > 1 */
   rv_replica_metrics_t *replica_metrics[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];
+  /* A region with shards > 1: that many in-process replicas (shard s reads the changelog partitions
+   * p with p mod n = s), each an in-process shard serve fans a search out to. */
+  rv_serve_shard_t *shards[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];             /* owned, n_shards entries */
+  rv_replica_metrics_t **shard_metrics[RV_MAX_COLLECTIONS][RV_MAX_REGIONS]; /* owned, n_shards entries */
+  const rv_serve_shard_t *shard_ptr[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];    /* = shards, for serve */
+  int n_shards[RV_MAX_COLLECTIONS][RV_MAX_REGIONS];                         /* 0: unsharded */
   rv_pgload_t *stores[RV_MAX_COLLECTIONS]; /* each collection's PostgreSQL store, shared by its replicas */
   rv_serve_collection_t serve_cols[RV_MAX_COLLECTIONS];
   rv_serve_t *serve;
@@ -243,10 +249,6 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
       rv_error(LOG, "cannot create snapshot_dir %s: %s", rg->snapshot_dir, strerror(errno));
       return -1;
     }
-    /* TODO(fan-out): in-process shards need serve to fan a search out to them. */
-    if (rg->shards > 1)
-      rv_warn(LOG, "region %s: shards: %d applies to `ruvector index`; pipeline run keeps one replica per region",
-              rg->name, rg->shards);
   }
   for (int i = 0; i < t->n_collections; i++) {
     const rv_collection_conf_t *col = &t->collections[i];
@@ -262,21 +264,43 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
     }
     for (int g = 0; g < t->n_regions; g++) {
       const rv_region_conf_t *rg = &t->region_conf[g];
-      rv_replica_conf_t rc;
-      rv_replica_conf_from_topology(t, i, g, r->bootstrap, 0, 1, &rc);
-      rc.store = rv_pgload_store(r->stores[i]);
-      if (rg->snapshot_dir[0] && !r->broker &&
-          rv_replica_snapshot_path(rc.snapshot_path, sizeof rc.snapshot_path, rg->snapshot_dir, col->name, rg->name,
-                                   0, 1)) {
-        rv_error(LOG, "snapshot_dir %s: path too long", rg->snapshot_dir);
-        return -1;
+      int n = rg->shards > 1 ? rg->shards : 1;
+      if (n > 1) {
+        r->shards[i][g] = calloc((size_t)n, sizeof *r->shards[i][g]);
+        r->shard_metrics[i][g] = calloc((size_t)n, sizeof *r->shard_metrics[i][g]);
+        if (!r->shards[i][g] || !r->shard_metrics[i][g]) {
+          rv_error(LOG, "replica %s/%s: out of memory", col->name, rg->name);
+          return -1;
+        }
+        r->shard_ptr[i][g] = r->shards[i][g];
+        r->n_shards[i][g] = n;
       }
-      r->replicas[i][g] = rv_replica_new(&rc, err, sizeof err);
-      if (!r->replicas[i][g] || rv_replica_start(r->replicas[i][g], err, sizeof err)) {
-        rv_error(LOG, "replica %s/%s: %s", col->name, t->regions[g], err);
-        return -1;
+      for (int s = 0; s < n; s++) {
+        rv_replica_conf_t rc;
+        rv_replica_conf_from_topology(t, i, g, r->bootstrap, n > 1 ? s : 0, n, &rc);
+        rc.store = rv_pgload_store(r->stores[i]); /* one store serves every shard */
+        if (rg->snapshot_dir[0] && !r->broker &&
+            rv_replica_snapshot_path(rc.snapshot_path, sizeof rc.snapshot_path, rg->snapshot_dir, col->name,
+                                     rg->name, s, n)) {
+          rv_error(LOG, "snapshot_dir %s: path too long", rg->snapshot_dir);
+          return -1;
+        }
+        rv_replica_t *rep = rv_replica_new(&rc, err, sizeof err);
+        rv_replica_metrics_t *rm = rep ? rv_replica_metrics_new(r->metrics, rep, rg->name, col->name, s, n) : NULL;
+        if (n > 1) { /* owned by the arrays from here on, whatever happens next */
+          r->shards[i][g][s].replica = rep;
+          r->shard_metrics[i][g][s] = rm;
+        } else {
+          r->replicas[i][g] = rep;
+          r->replica_metrics[i][g] = rm;
+        }
+        if (!rep || rv_replica_start(rep, err, sizeof err)) {
+          rv_error(LOG, "replica %s/%s shard %d/%d: %s", col->name, t->regions[g], s, n, err);
+          return -1;
+        }
       }
-      r->replica_metrics[i][g] = rv_replica_metrics_new(r->metrics, r->replicas[i][g], rg->name, col->name, 0, 1);
+      if (n > 1)
+        rv_info(LOG, "region %s: collection %s in %d in-process shards (fan-out)", rg->name, col->name, n);
     }
   }
   /* Ingest */
@@ -299,6 +323,11 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
     col->replicas = r->replicas[i];
     col->regions = (char(*)[RV_NAME_MAX])t->regions;
     col->n_replicas = t->n_regions;
+    for (int g = 0; g < t->n_regions; g++)
+      if (r->n_shards[i][g]) { /* NULL entries of shards: the region's replica serves it */
+        col->shards = r->shard_ptr[i];
+        col->n_shards = r->n_shards[i];
+      }
   }
   sc.collections = r->serve_cols;
   sc.n_collections = t->n_collections;
@@ -367,6 +396,12 @@ static void stop_stages(runner_t *r) {
     for (int g = 0; g < t->n_regions; g++) {
       rv_replica_destroy(r->replicas[i][g]);
       rv_replica_metrics_destroy(r->replica_metrics[i][g]);
+      for (int s = 0; s < r->n_shards[i][g]; s++) {
+        if (r->shards[i][g]) rv_replica_destroy(r->shards[i][g][s].replica);
+        if (r->shard_metrics[i][g]) rv_replica_metrics_destroy(r->shard_metrics[i][g][s]);
+      }
+      free(r->shards[i][g]);
+      free(r->shard_metrics[i][g]);
     }
     rv_pgload_destroy(r->stores[i]); /* after its replicas */
   }
@@ -377,14 +412,41 @@ static void stop_stages(runner_t *r) {
   rv_metrics_destroy(r->metrics); /* after every stage that used it */
 }
 
+/* A region's live vectors and lag: summed over its shards (lag: the largest,
+ * -1 when one is unknown). */
+static void region_stats(const runner_t *r, int i, int g, uint64_t *count, int64_t *lag) {
+  rv_replica_stats_t rs;
+  *count = 0;
+  *lag = 0;
+  int n = r->n_shards[i][g] ? r->n_shards[i][g] : 1;
+  for (int s = 0; s < n; s++) {
+    rv_replica_t *rep = r->n_shards[i][g] ? r->shards[i][g][s].replica : r->replicas[i][g];
+    rv_replica_stats(rep, &rs);
+    *count += rs.count;
+    if (*lag >= 0) *lag = rs.lag < 0 ? -1 : rs.lag > *lag ? rs.lag : *lag;
+  }
+}
+
+/* Refreshes every replica's (and shard's) metrics. */
+static void update_metrics(runner_t *r) {
+  for (int i = 0; i < r->topo->n_collections; i++)
+    for (int g = 0; g < r->topo->n_regions; g++) {
+      rv_replica_metrics_update(r->replica_metrics[i][g]);
+      for (int s = 0; s < r->n_shards[i][g]; s++) rv_replica_metrics_update(r->shard_metrics[i][g][s]);
+    }
+}
+
 static void print_progress(runner_t *r, int64_t started_ms) {
   const rv_topology_t *t = r->topo;
   double secs = (double)(rv_mono_ms() - started_ms) / 1000.0;
   for (int i = 0; i < t->n_collections; i++) {
     rv_ingest_stats_t is;
     rv_ingest_stats(r->ingest[i], &is);
-    rv_replica_stats_t rs;
-    rv_replica_stats(r->replicas[i][0], &rs);
+    uint64_t count;
+    int64_t lag;
+    region_stats(r, i, 0, &count, &lag);
+    char shards[32] = "";
+    if (r->n_shards[i][0]) snprintf(shards, sizeof shards, ", %d shards", r->n_shards[i][0]);
     char load[160] = "";
     if (i == 0 && r->loader_started)
       snprintf(load, sizeof load, "published %lld%s, ",
@@ -392,9 +454,9 @@ static void print_progress(runner_t *r, int64_t started_ms) {
                __atomic_load_n(&r->loader_done, __ATOMIC_ACQUIRE) ? " (done)" : "");
     char lost[64] = "";
     if (is.lost) snprintf(lost, sizeof lost, ", LOST UPSTREAM %llu", (unsigned long long)is.lost);
-    printf("[%6.1fs] %s: %singested %llu, dead-lettered %llu%s, searchable %llu (region %s, lag %lld)\n", secs,
+    printf("[%6.1fs] %s: %singested %llu, dead-lettered %llu%s, searchable %llu (region %s%s, lag %lld)\n", secs,
            t->collections[i].name, load, (unsigned long long)is.ingested, (unsigned long long)is.dead_lettered, lost,
-           (unsigned long long)rs.count, t->regions[0], (long long)rs.lag);
+           (unsigned long long)count, t->regions[0], shards, (long long)lag);
   }
   fflush(stdout);
 }
@@ -432,8 +494,7 @@ int rv_pipeline_run(const rv_topology_t *topo, const rv_run_opts_t *opts) {
           printf("published %lld records from %s (%lld failed)\n", (long long)r->load_delivered,
                  opts->load_path, (long long)r->load_failed);
       }
-      for (int i = 0; i < topo->n_collections; i++)
-        for (int g = 0; g < topo->n_regions; g++) rv_replica_metrics_update(r->replica_metrics[i][g]);
+      update_metrics(r);
       if (rv_mono_ms() - last >= period) {
         last = rv_mono_ms();
         print_progress(r, started);

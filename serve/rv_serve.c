@@ -562,6 +562,25 @@ static char *stats_json(rv_serve_t *s, size_t *len) {
             arr = NULL;
           }
         o = arr ? json_pack("{s:o}", "shards", arr) : NULL;
+        /* all in-process: the region's totals too, as an unsharded region has them */
+        uint64_t count = 0, applied = 0;
+        int all_local = 1;
+        for (int j = 0; j < n; j++) {
+          rv_replica_stats_t st;
+          if (!sh[j].replica) {
+            all_local = 0;
+            break;
+          }
+          rv_replica_stats(sh[j].replica, &st);
+          count += st.count;
+          applied += st.applied;
+        }
+        if (o && all_local &&
+            (json_object_set_new(o, "count", json_integer((json_int_t)count)) ||
+             json_object_set_new(o, "applied", json_integer((json_int_t)applied)))) {
+          json_decref(o);
+          o = NULL;
+        }
       } else {
         o = replica_stats_json(col->replicas[r]);
       }
@@ -597,23 +616,26 @@ static int http_send_headers(session_t *ss, struct lws *wsi) {
   return 0;
 }
 
-/* /ready (want_ready) and /startup: 1 when every replica served is ready
- * (rv_replica_ready) or, for /startup, bootstrapped. */
+/* 1 when r is ready (want_ready) or, for /startup, bootstrapped. */
 static int replica_ok(rv_replica_t *r, int want_ready) {
   if (!r) return 1; /* a remote shard: its own process answers for it */
+  if (want_ready) return rv_replica_ready(r);
   rv_replica_stats_t st;
-  if (!want_ready) rv_replica_stats(r, &st);
-  return want_ready ? rv_replica_ready(r) : st.bootstrapped;
+  rv_replica_stats(r, &st);
+  return st.bootstrapped;
 }
 
+/* /ready (want_ready) and /startup without a conf.ready hook: 1 when every
+ * in-process replica served, shards included, is ready or bootstrapped. */
 static int replicas_all(const rv_serve_t *s, int want_ready) {
   for (int i = 0; i < s->conf.n_collections; i++) {
     const rv_serve_collection_t *c = &s->conf.collections[i];
     for (int j = 0; j < c->n_replicas; j++) {
-      if (c->replicas && !replica_ok(c->replicas[j], want_ready)) return 0;
-      if (c->shards && c->shards[j])
-        for (int k = 0; k < c->n_shards[j]; k++)
-          if (!replica_ok(c->shards[j][k].replica, want_ready)) return 0;
+      int n = 0;
+      const rv_serve_shard_t *sh = region_shards(c, j, &n);
+      if (!sh && !replica_ok(c->replicas[j], want_ready)) return 0;
+      for (int k = 0; sh && k < n; k++)
+        if (sh[k].replica && !replica_ok(sh[k].replica, want_ready)) return 0;
     }
   }
   return 1;
@@ -684,7 +706,7 @@ static int http_request(rv_serve_t *s, session_t *ss, struct lws *wsi, const cha
     body = strdup("{\"status\":\"ok\"}");
     len = body ? strlen(body) : 0;
   } else if (get && (!strcmp(path, "/ready") || !strcmp(path, "/startup"))) {
-    int ok = replicas_all(s, path[1] == 'r');
+    int ok = s->conf.ready ? s->conf.ready(s->conf.ready_arg, path[1] != 'r') : replicas_all(s, path[1] == 'r');
     status = ok ? HTTP_STATUS_OK : HTTP_STATUS_SERVICE_UNAVAILABLE;
     body = strdup(ok ? "{\"status\":\"ok\"}" : path[1] == 'r' ? "{\"status\":\"not ready\"}" : "{\"status\":\"starting\"}");
     len = body ? strlen(body) : 0;

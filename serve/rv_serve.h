@@ -54,6 +54,12 @@ typedef struct rv_serve_conf {
                                               before not_yet_visible; <= 0: 5000 */
   int max_waiting;                         /* searches waiting for "after" at once; beyond: overloaded;
                                               <= 0: 1024 */
+  /* GET /ready (startup 0) and GET /startup (startup 1) answer 200 when this returns 1, else 503.
+   * Called on the service thread; must not block. NULL: from the in-process replicas served (a
+   * region's replica, or every in-process shard of it; remote shards are not asked, so a region with
+   * only remote shards counts as ready). ready_arg is passed back, borrowed. */
+  int (*ready)(void *ready_arg, int startup);
+  void *ready_arg;
 } rv_serve_conf_t;
 
 /* Fills conf with the defaults: host 127.0.0.1, port 8080, no collections, no
