@@ -59,20 +59,6 @@ static void usage(FILE *out) {
         out);
 }
 
-/* Loads a topology, printing every problem; returns 0 or EX_CONFIG. */
-static int load_topology(const char *path, rv_topology_t *t) {
-  rv_diags_t d;
-  rv_diags_init(&d);
-  rv_err_t err = rv_topology_load(path, t, &d);
-  rv_diags_print(&d, stderr);
-  int n = d.n;
-  rv_diags_close(&d);
-  if (err) {
-    fprintf(stderr, "%s: invalid topology (%d problem%s)\n", path, n, n == 1 ? "" : "s");
-    return EX_CONFIG;
-  }
-  return 0;
-}
 
 static int cmd_pipeline(int argc, char **argv) {
   if (argc < 3) {
@@ -82,7 +68,7 @@ static int cmd_pipeline(int argc, char **argv) {
   const char *verb = argv[1], *path = argv[2];
   rv_topology_t *t = calloc(1, sizeof *t);
   if (!t) return 1;
-  int rc = load_topology(path, t);
+  int rc = rv_topology_load_report(path, t);
   if (rc == 0 && !strcmp(verb, "validate")) {
     printf("%s: valid (pipeline '%s', %d collection%s, %d region%s)\n", path, t->name, t->n_collections,
            t->n_collections == 1 ? "" : "s", t->n_regions, t->n_regions == 1 ? "" : "s");
@@ -123,7 +109,7 @@ static int cmd_broker(int argc, char **argv) {
 
   rv_topology_t *t = calloc(1, sizeof *t);
   if (!t) return 1;
-  int rc = load_topology(topo_path, t);
+  int rc = rv_topology_load_report(topo_path, t);
   if (rc) {
     free(t);
     return rc;

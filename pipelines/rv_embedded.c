@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rv_fs.h"
 #include "rv_log.h"
 #include "rv_time.h"
 
@@ -39,19 +40,6 @@ typedef struct run_as {
   uid_t uid;
   gid_t gid;
 } run_as_t;
-
-static int mkdir_p(const char *path, mode_t mode) {
-  char tmp[PATH_MAX];
-  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) return -1;
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = 0;
-    if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  if (mkdir(tmp, mode) && errno != EEXIST) return -1;
-  return 0;
-}
 
 static const char *pg_bindir(void) {
   const char *env = getenv("RV_PG_BINDIR");
@@ -142,7 +130,7 @@ static void log_tail(const char *path, char *out, size_t out_size) {
 }
 
 static int abs_dir(const char *dir, char *out, size_t out_size, char *errstr, size_t errstr_size) {
-  if (mkdir_p(dir, 0755)) {
+  if (rv_mkdir_p(dir, 0755)) {
     rv_errf(RV_ERR_IO, errstr, errstr_size, "cannot create %s: %s", dir, strerror(errno));
     return -1;
   }
@@ -232,7 +220,7 @@ rv_pg_server_t *rv_pg_server_start(const char *dir, char *errstr, size_t errstr_
     }
     as = (run_as_t){1, pw->pw_uid, pw->pw_gid};
   }
-  if (mkdir_p(data, 0700) || mkdir_p(run_dir, 0755)) {
+  if (rv_mkdir_p(data, 0700) || rv_mkdir_p(run_dir, 0755)) {
     rv_errf(RV_ERR_IO, errstr, errstr_size, "cannot create %s: %s", data, strerror(errno));
     return NULL;
   }

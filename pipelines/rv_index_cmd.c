@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "rv_embedded.h"
+#include "rv_fs.h"
 #include "rv_log.h"
 #include "rv_metrics_http.h"
 #include "rv_pgload.h"
@@ -46,18 +47,6 @@ int rv_replica_snapshot_path(char *out, size_t cap, const char *dir, const char 
                                      shard_count)
                           : snprintf(out, cap, "%s/%s.%s.rvsnap", dir, collection, region);
   return n < 0 || (size_t)n >= cap ? -1 : 0;
-}
-
-static int mkdir_p(const char *path) {
-  char tmp[PATH_MAX];
-  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) return -1;
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = 0;
-    if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
 }
 
 static void usage(FILE *f) {
@@ -130,7 +119,7 @@ static int start(cmd_t *c, const char *only) {
       snprintf(c->pg_conninfo, sizeof c->pg_conninfo, "%s", t->postgres);
     }
   }
-  if (rg->snapshot_dir[0] && mkdir_p(rg->snapshot_dir)) {
+  if (rg->snapshot_dir[0] && rv_mkdir_p(rg->snapshot_dir, 0755)) {
     rv_error(LOG, "cannot create snapshot_dir %s: %s", rg->snapshot_dir, strerror(errno));
     return -1;
   }
@@ -285,15 +274,10 @@ int rv_index_cmd_main(int argc, char **argv) {
   }
   cmd_t *c = calloc(1, sizeof *c);
   if (!c) return 1;
-  rv_diags_t d;
-  rv_diags_init(&d);
-  rv_err_t err = rv_topology_load(topo_path, &c->topo, &d);
-  rv_diags_print(&d, stderr);
-  rv_diags_close(&d);
-  if (err) {
-    fprintf(stderr, "%s: invalid topology\n", topo_path);
+  int load_rc = rv_topology_load_report(topo_path, &c->topo);
+  if (load_rc) {
     free(c);
-    return EX_CONFIG;
+    return load_rc;
   }
   const rv_topology_t *t = &c->topo;
   c->g = -1;

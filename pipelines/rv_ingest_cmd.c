@@ -221,15 +221,10 @@ int rv_ingest_cmd_main(int argc, char **argv) {
   }
   cmd_t *c = calloc(1, sizeof *c);
   if (!c) return 1;
-  rv_diags_t d;
-  rv_diags_init(&d);
-  rv_err_t err = rv_topology_load(topo_path, &c->topo, &d);
-  rv_diags_print(&d, stderr);
-  rv_diags_close(&d);
-  if (err) {
-    fprintf(stderr, "%s: invalid topology\n", topo_path);
+  int load_rc = rv_topology_load_report(topo_path, &c->topo);
+  if (load_rc) {
     free(c);
-    return EX_CONFIG;
+    return load_rc;
   }
 
   /* Every thread started below inherits the mask, so only sigtimedwait sees them. */

@@ -17,6 +17,7 @@
 #include "rv_ingest.h"
 #include "rv_index_cmd.h"
 #include "rv_ingest_cmd.h"
+#include "rv_fs.h"
 #include "rv_log.h"
 #include "rv_pgload.h"
 #include "rv_produce.h"
@@ -64,25 +65,13 @@ typedef struct runner {
   int loader_done;          /* atomic builtins */
 } runner_t;
 
-static int mkdir_p(const char *path) {
-  char tmp[PATH_MAX];
-  if (snprintf(tmp, sizeof tmp, "%s", path) >= (int)sizeof tmp) return -1;
-  for (char *p = tmp + 1; *p; p++) {
-    if (*p != '/') continue;
-    *p = 0;
-    if (mkdir(tmp, 0755) && errno != EEXIST) return -1;
-    *p = '/';
-  }
-  return mkdir(tmp, 0755) && errno != EEXIST ? -1 : 0;
-}
-
 int rv_endpoints_write(const char *path, const char *json_text, char *errstr, size_t errstr_size) {
   char dir[PATH_MAX], tmp[PATH_MAX + 16];
   snprintf(dir, sizeof dir, "%s", path);
   char *slash = strrchr(dir, '/');
   if (slash && slash != dir) {
     *slash = 0;
-    if (mkdir_p(dir)) return rv_errf(RV_ERR_IO, errstr, errstr_size, "cannot create %s: %s", dir, strerror(errno));
+    if (rv_mkdir_p(dir, 0755)) return rv_errf(RV_ERR_IO, errstr, errstr_size, "cannot create %s: %s", dir, strerror(errno));
   }
   snprintf(tmp, sizeof tmp, "%s.tmp%d", path, (int)getpid());
   FILE *f = fopen(tmp, "w");
@@ -167,7 +156,7 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
   const rv_topology_t *t = r->topo;
   char err[1024];
 
-  if (mkdir_p(t->data_dir)) {
+  if (rv_mkdir_p(t->data_dir, 0755)) {
     rv_error(LOG, "cannot create data_dir %s: %s", t->data_dir, strerror(errno));
     return -1;
   }
@@ -245,7 +234,7 @@ static int start_stages(runner_t *r, const rv_run_opts_t *opts) {
     const rv_region_conf_t *rg = &t->region_conf[g];
     if (rg->snapshot_dir[0] && r->broker)
       rv_warn(LOG, "region %s: snapshot_dir ignored: the embedded Kafka log starts over on every run", rg->name);
-    if (rg->snapshot_dir[0] && !r->broker && mkdir_p(rg->snapshot_dir)) {
+    if (rg->snapshot_dir[0] && !r->broker && rv_mkdir_p(rg->snapshot_dir, 0755)) {
       rv_error(LOG, "cannot create snapshot_dir %s: %s", rg->snapshot_dir, strerror(errno));
       return -1;
     }

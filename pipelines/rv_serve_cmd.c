@@ -301,15 +301,10 @@ int rv_serve_cmd_main(int argc, char **argv) {
   }
   cmd_t *c = calloc(1, sizeof *c);
   if (!c) return 1;
-  rv_diags_t d;
-  rv_diags_init(&d);
-  rv_err_t err = rv_topology_load(topo_path, &c->topo, &d);
-  rv_diags_print(&d, stderr);
-  rv_diags_close(&d);
-  if (err) {
-    fprintf(stderr, "%s: invalid topology\n", topo_path);
+  int load_rc = rv_topology_load_report(topo_path, &c->topo);
+  if (load_rc) {
     free(c);
-    return EX_CONFIG;
+    return load_rc;
   }
   if (listen_port < 0) {
     snprintf(listen_host, sizeof listen_host, "%s", c->topo.serve_host);

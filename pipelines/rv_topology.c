@@ -1061,3 +1061,21 @@ rv_err_t rv_topology_load(const char *path, rv_topology_t *out, rv_diags_t *diag
   free(text);
   return err;
 }
+
+int rv_topology_load_report(const char *path, rv_topology_t *out) {
+  rv_diags_t d;
+  rv_diags_init(&d);
+  rv_err_t err = rv_topology_load(path, out, &d);
+  rv_diags_print(&d, stderr);
+  int n = d.n;
+  rv_diags_close(&d);
+  if (err == RV_ERR_NOMEM) {
+    fprintf(stderr, "%s: out of memory\n", path);
+    return 1;
+  }
+  if (err) {
+    fprintf(stderr, "%s: invalid topology (%d problem%s)\n", path, n, n == 1 ? "" : "s");
+    return 78; /* EX_CONFIG */
+  }
+  return 0;
+}

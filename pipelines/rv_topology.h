@@ -96,6 +96,12 @@ void rv_diags_print(const rv_diags_t *d, void *FILE_stream);
  * no other thread may call setenv meanwhile. */
 rv_err_t rv_topology_load(const char *path, rv_topology_t *out, rv_diags_t *diags);
 
+/* rv_topology_load for a command: prints every problem to stderr as
+ * file:line:column: reason, then "<path>: invalid topology (N problems)".
+ * Returns 0, or 78 (EX_CONFIG) when the file is invalid or unreadable, or 1
+ * when memory ran out. */
+int rv_topology_load_report(const char *path, rv_topology_t *out);
+
 /* The same from a string already in memory; `name` is used in diags. */
 rv_err_t rv_topology_parse(const char *name, const char *text, size_t len, rv_topology_t *out,
                            rv_diags_t *diags);
