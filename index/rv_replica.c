@@ -1842,6 +1842,38 @@ static void assign_all(applier_t *a) {
   if (kerr) rv_error(LOG, "%s: assigning %s: %s", r->conf.region, a->topic, rd_kafka_err2str(kerr));
 }
 
+/* Raises every part's high watermark to its end offset, asked for all
+ * parts at once (rd_kafka_offsets_for_times with the timestamp
+ * RD_KAFKA_OFFSET_END is a ListOffsets for "latest", one request per
+ * leader). Called just before an assignment: the lag is then known at once
+ * (0 for a part already at its end) instead of when each part's first fetch
+ * answers, which an idle log holds for fetch.wait.max.ms (and, as a broker
+ * answers a connection's requests in order, a ListOffsets sent after that
+ * fetch waits as long). On failure the fetches tell, as before. Applier
+ * thread (the only writer of hw). */
+static void learn_end_offsets(applier_t *a) {
+  rv_replica_t *r = a->r;
+  if (!r->n_parts) return;
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(r->n_parts);
+  if (!l) return;
+  for (int i = 0; i < r->n_parts; i++)
+    rd_kafka_topic_partition_list_add(l, a->topic, r->parts[i]->partition)->offset = RD_KAFKA_OFFSET_END;
+  rd_kafka_resp_err_t kerr = rd_kafka_offsets_for_times(r->rk, l, WATERMARK_TIMEOUT_MS);
+  if (kerr) {
+    rv_debug(LOG, "%s: end offsets of %s: %s (the fetches will tell)", r->conf.region, a->topic,
+             rd_kafka_err2str(kerr));
+  } else {
+    for (int i = 0; i < l->cnt; i++) {
+      const rd_kafka_topic_partition_t *e = &l->elems[i];
+      if (e->err || e->offset < 0 || e->partition < 0 || e->partition >= a->n_pidx || a->pidx[e->partition] < 0)
+        continue;
+      part_t *p = r->parts[a->pidx[e->partition]];
+      if (atomic_load(&p->hw) < e->offset) atomic_store(&p->hw, e->offset);
+    }
+  }
+  rd_kafka_topic_partition_list_destroy(l);
+}
+
 static void finish_boot(applier_t *a, rv_replica_boot_t how) {
   rv_replica_t *r = a->r;
   atomic_store(&r->boot, how);
@@ -1899,6 +1931,7 @@ static void start_bootstrap(applier_t *a, int again) {
     state_close(&r->fresh);
   }
   if (r->conf.store.load && boot_from_store(r) == RV_OK) {
+    learn_end_offsets(a);
     assign_all(a);
     a->booting = 0;
     finish_boot(a, RV_BOOT_STORE);
@@ -2031,6 +2064,7 @@ static void handle_event(applier_t *a, rd_kafka_message_t *m) {
       part_t *pt = r->parts[a->pidx[m->partition]];
       pt->fetched = 1;
       atomic_store(&pt->next_off, m->offset);
+      if (atomic_load(&pt->hw) < m->offset) atomic_store(&pt->hw, m->offset); /* the end, when the fetch answered */
     }
   } else if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
     /* auto.offset.reset=error: the log no longer holds our next offset
@@ -2166,6 +2200,7 @@ static void *applier_main(void *arg) {
   if (r->n_start > n)
     rv_warn(LOG, "%s: the snapshot has offsets of %d partitions, %s has %d", r->conf.region, r->n_start, a.topic, n);
   if (r->restored) {
+    learn_end_offsets(&a);
     assign_all(&a);
     atomic_store(&r->bootstrapped, 1);
     rv_info(LOG, "%s/%s: applying %s (%d of %d partitions) from the snapshot's offsets", r->conf.collection.name,
