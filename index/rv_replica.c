@@ -234,6 +234,18 @@ static rv_err_t versions_reserve(versions_t *v) {
   return RV_OK;
 }
 
+/* Sizes an empty table for n entries at once (load <= 1/2), instead of the
+ * doublings and rehashes of n versions_reserve calls. No-op unless empty. */
+static rv_err_t versions_presize(versions_t *v, size_t n) {
+  if (v->cap || v->n) return RV_OK;
+  size_t cap = 64;
+  while (cap < 2 * (n + 1)) cap *= 2;
+  version_t *slots = calloc(cap, sizeof *slots);
+  if (!slots) return RV_ERR_NOMEM;
+  *v = (versions_t){slots, cap, 0};
+  return RV_OK;
+}
+
 static void versions_close(versions_t *v) {
   for (size_t i = 0; i < v->cap; i++) {
     free(v->slots[i].id);
@@ -1480,6 +1492,7 @@ static rv_err_t positions_read(rv_replica_t *r, const void *blob, size_t len, ch
     r->start_off[i] = (int64_t)o;
   }
   if (get64(&c, &n_ids) || n_ids > (size_t)(c.end - c.p) / 20) BAD("bad id count");
+  if (versions_presize(vs, (size_t)n_ids)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
   int64_t now = rv_mono_ms();
   for (uint64_t i = 0; i < n_ids; i++) {
     uint32_t idl, ml;
