@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "rv_hash.h"
 #include "rv_hnsw_internal.h"
@@ -37,12 +38,33 @@ static int default_pq_m(int dim) {
 
 /* ---- chunks and slots ------------------------------------------------- */
 
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* bytes of chunk memory, 64-byte aligned, zeroed if zero; freed with free().
+ * From 2 MiB up it is aligned and rounded to 2 MiB and asks for transparent
+ * huge pages: first touch then faults once per 2 MiB instead of once per
+ * 4 KiB, which dominates filling a large chunk (loading a snapshot of
+ * 60,000 x 784 floats: 0.6 s of page faults, a tenth of that with huge
+ * pages on a VM with shadow paging). Where the kernel says no, it is the
+ * same memory with small pages. */
+static void *arena_alloc(size_t bytes, int zero) {
+  if (bytes < HUGE_PAGE) return zero ? calloc(1, bytes ? bytes : 1) : aligned_alloc(64, round_up(bytes ? bytes : 1, 64));
+  size_t len = round_up(bytes, HUGE_PAGE);
+  void *p = aligned_alloc(HUGE_PAGE, len);
+  if (!p) return NULL;
+#ifdef MADV_HUGEPAGE
+  (void)madvise(p, len, MADV_HUGEPAGE); /* advice only: no huge pages is no error */
+#endif
+  if (zero) memset(p, 0, bytes);
+  return p;
+}
+
 /* Allocates chunk c. Caller holds alloc_mu (or owns h exclusively). */
 static rv_err_t add_chunk(rv_hnsw_t *h, int c) {
   size_t n = (size_t)1 << (h->chunk_shift + (unsigned)c);
-  unsigned char *recs = aligned_alloc(64, n * h->rec_size);
-  rv__hnsw_slot_t *slots = calloc(n, sizeof *slots);
-  float *floats = h->keep_floats ? aligned_alloc(64, n * h->float_stride * sizeof(float)) : NULL;
+  unsigned char *recs = arena_alloc(n * h->rec_size, 0);
+  rv__hnsw_slot_t *slots = arena_alloc(n * sizeof *slots, 1);
+  float *floats = h->keep_floats ? arena_alloc(n * h->float_stride * sizeof(float), 0) : NULL;
   if (!recs || !slots || (h->keep_floats && !floats)) {
     free(recs);
     free(slots);

@@ -234,6 +234,18 @@ static rv_err_t versions_reserve(versions_t *v) {
   return RV_OK;
 }
 
+/* Sizes an empty table for n entries at once (load <= 1/2), instead of the
+ * doublings and rehashes of n versions_reserve calls. No-op unless empty. */
+static rv_err_t versions_presize(versions_t *v, size_t n) {
+  if (v->cap || v->n) return RV_OK;
+  size_t cap = 64;
+  while (cap < 2 * (n + 1)) cap *= 2;
+  version_t *slots = calloc(cap, sizeof *slots);
+  if (!slots) return RV_ERR_NOMEM;
+  *v = (versions_t){slots, cap, 0};
+  return RV_OK;
+}
+
 static void versions_close(versions_t *v) {
   for (size_t i = 0; i < v->cap; i++) {
     free(v->slots[i].id);
@@ -1480,6 +1492,7 @@ static rv_err_t positions_read(rv_replica_t *r, const void *blob, size_t len, ch
     r->start_off[i] = (int64_t)o;
   }
   if (get64(&c, &n_ids) || n_ids > (size_t)(c.end - c.p) / 20) BAD("bad id count");
+  if (versions_presize(vs, (size_t)n_ids)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
   int64_t now = rv_mono_ms();
   for (uint64_t i = 0; i < n_ids; i++) {
     uint32_t idl, ml;
@@ -1842,6 +1855,38 @@ static void assign_all(applier_t *a) {
   if (kerr) rv_error(LOG, "%s: assigning %s: %s", r->conf.region, a->topic, rd_kafka_err2str(kerr));
 }
 
+/* Raises every part's high watermark to its end offset, asked for all
+ * parts at once (rd_kafka_offsets_for_times with the timestamp
+ * RD_KAFKA_OFFSET_END is a ListOffsets for "latest", one request per
+ * leader). Called just before an assignment: the lag is then known at once
+ * (0 for a part already at its end) instead of when each part's first fetch
+ * answers, which an idle log holds for fetch.wait.max.ms (and, as a broker
+ * answers a connection's requests in order, a ListOffsets sent after that
+ * fetch waits as long). On failure the fetches tell, as before. Applier
+ * thread (the only writer of hw). */
+static void learn_end_offsets(applier_t *a) {
+  rv_replica_t *r = a->r;
+  if (!r->n_parts) return;
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(r->n_parts);
+  if (!l) return;
+  for (int i = 0; i < r->n_parts; i++)
+    rd_kafka_topic_partition_list_add(l, a->topic, r->parts[i]->partition)->offset = RD_KAFKA_OFFSET_END;
+  rd_kafka_resp_err_t kerr = rd_kafka_offsets_for_times(r->rk, l, WATERMARK_TIMEOUT_MS);
+  if (kerr) {
+    rv_debug(LOG, "%s: end offsets of %s: %s (the fetches will tell)", r->conf.region, a->topic,
+             rd_kafka_err2str(kerr));
+  } else {
+    for (int i = 0; i < l->cnt; i++) {
+      const rd_kafka_topic_partition_t *e = &l->elems[i];
+      if (e->err || e->offset < 0 || e->partition < 0 || e->partition >= a->n_pidx || a->pidx[e->partition] < 0)
+        continue;
+      part_t *p = r->parts[a->pidx[e->partition]];
+      if (atomic_load(&p->hw) < e->offset) atomic_store(&p->hw, e->offset);
+    }
+  }
+  rd_kafka_topic_partition_list_destroy(l);
+}
+
 static void finish_boot(applier_t *a, rv_replica_boot_t how) {
   rv_replica_t *r = a->r;
   atomic_store(&r->boot, how);
@@ -1899,6 +1944,7 @@ static void start_bootstrap(applier_t *a, int again) {
     state_close(&r->fresh);
   }
   if (r->conf.store.load && boot_from_store(r) == RV_OK) {
+    learn_end_offsets(a);
     assign_all(a);
     a->booting = 0;
     finish_boot(a, RV_BOOT_STORE);
@@ -2031,6 +2077,7 @@ static void handle_event(applier_t *a, rd_kafka_message_t *m) {
       part_t *pt = r->parts[a->pidx[m->partition]];
       pt->fetched = 1;
       atomic_store(&pt->next_off, m->offset);
+      if (atomic_load(&pt->hw) < m->offset) atomic_store(&pt->hw, m->offset); /* the end, when the fetch answered */
     }
   } else if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
     /* auto.offset.reset=error: the log no longer holds our next offset
@@ -2166,6 +2213,7 @@ static void *applier_main(void *arg) {
   if (r->n_start > n)
     rv_warn(LOG, "%s: the snapshot has offsets of %d partitions, %s has %d", r->conf.region, r->n_start, a.topic, n);
   if (r->restored) {
+    learn_end_offsets(&a);
     assign_all(&a);
     atomic_store(&r->bootstrapped, 1);
     rv_info(LOG, "%s/%s: applying %s (%d of %d partitions) from the snapshot's offsets", r->conf.collection.name,

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -308,71 +309,52 @@ static void section_name(uint32_t tag, char out[5]) {
   out[4] = 0;
 }
 
-rv_err_t rv_snapshot_load(const char *path, const rv_hnsw_conf_t *conf, rv_hnsw_t **hp, rv_attrs_t **ap,
-                          void **positions, size_t *positions_len, char *errstr, size_t errstr_size) {
-  if (hp) *hp = NULL;
-  if (ap) *ap = NULL;
-  if (positions) *positions = NULL;
-  if (positions_len) *positions_len = 0;
-  if (!path || !hp || !ap || !positions || !positions_len)
-    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "snapshot: bad arguments");
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int e = errno;
-    return rv_errf(e == ENOENT ? RV_ERR_NOT_FOUND : RV_ERR_IO, errstr, errstr_size, "snapshot: open %s: %s", path,
-                   strerror(e));
+/* The CRC-32C of the file's first len bytes, read in chunks of its own. */
+typedef struct crc_job {
+  int fd;
+  uint64_t len;
+  uint32_t crc;
+  int err_no; /* errno of a failed read (ENOMEM: no buffer), 0 if none */
+} crc_job_t;
+
+static void *crc_main(void *arg) {
+  crc_job_t *j = arg;
+  uint8_t *buf = malloc(IO_CHUNK);
+  if (!buf) {
+    j->err_no = ENOMEM;
+    return NULL;
   }
+  uint32_t crc = 0;
+  for (uint64_t off = 0; off < j->len;) {
+    size_t c = j->len - off < IO_CHUNK ? (size_t)(j->len - off) : IO_CHUNK;
+    if (pread_all(j->fd, buf, c, off)) {
+      j->err_no = errno ? errno : EIO;
+      break;
+    }
+    crc = rv__crc32c(crc, buf, c);
+    off += c;
+  }
+  j->crc = crc;
+  free(buf);
+  return NULL;
+}
+
+/* The section table at offset table of a file of size bytes, then each
+ * section into its reader. On failure the outputs are left NULL. */
+static rv_err_t parse_sections(int fd, const char *path, uint64_t size, uint64_t table, const rv_hnsw_conf_t *conf,
+                               rv_hnsw_t **hp, rv_attrs_t **ap, void **positions, size_t *positions_len,
+                               char *errstr, size_t errstr_size) {
   rv_err_t err = RV_OK;
   uint8_t *buf = NULL, *blob = NULL;
   rv_hnsw_t *h = NULL;
   rv_attrs_t *a = NULL;
   char sub[512];
-  struct stat st;
 #define FAIL(code, ...)                                    \
   do {                                                     \
     err = rv_errf(code, errstr, errstr_size, __VA_ARGS__); \
     goto out;                                              \
   } while (0)
 #define IOFAIL(what) FAIL(RV_ERR_IO, "snapshot: %s: reading %s: %s", path, what, strerror(errno))
-  if (fstat(fd, &st)) IOFAIL("its size");
-  uint64_t size = (uint64_t)st.st_size;
-  uint8_t hdr[HEADER_LEN], tr[TRAILER_LEN];
-  if (size < HEADER_LEN)
-    FAIL(RV_ERR_CORRUPT, "snapshot: %s: truncated (%llu bytes, no header)", path, (unsigned long long)size);
-  if (pread_all(fd, hdr, HEADER_LEN, 0)) IOFAIL("the header");
-  if (memcmp(hdr, MAGIC, sizeof MAGIC)) FAIL(RV_ERR_CORRUPT, "snapshot: %s: bad magic (not a snapshot)", path);
-  uint32_t version = rv__get_u32(hdr + 8), mark = rv__get_u32(hdr + 12);
-  if (version > RV_SNAPSHOT_VERSION)
-    FAIL(RV_ERR_CORRUPT, "snapshot: %s: format version %u is newer than this build reads (%u)", path, version,
-         RV_SNAPSHOT_VERSION);
-  if (version != RV_SNAPSHOT_VERSION) FAIL(RV_ERR_CORRUPT, "snapshot: %s: unknown format version %u", path, version);
-  if (mark == ENDIAN_SWAPPED) FAIL(RV_ERR_CORRUPT, "snapshot: %s: endianness marker says the other byte order", path);
-  if (mark != ENDIAN_MARK) FAIL(RV_ERR_CORRUPT, "snapshot: %s: bad endianness marker 0x%08x", path, mark);
-  if (size < HEADER_LEN + 4 + TRAILER_LEN)
-    FAIL(RV_ERR_CORRUPT, "snapshot: %s: truncated (%llu bytes, no trailer)", path, (unsigned long long)size);
-  if (pread_all(fd, tr, TRAILER_LEN, size - TRAILER_LEN)) IOFAIL("the trailer");
-  if (rv__get_u32(tr + 20) != END_MAGIC)
-    FAIL(RV_ERR_CORRUPT, "snapshot: %s: truncated or damaged (no end marker in the last bytes)", path);
-  uint64_t table = rv__get_u64(tr), flen = rv__get_u64(tr + 8);
-  if (flen != size)
-    FAIL(RV_ERR_CORRUPT, "snapshot: %s: file is %llu bytes but its trailer says %llu (truncated?)", path,
-         (unsigned long long)size, (unsigned long long)flen);
-
-  /* The checksum covers everything before its own 8 bytes. */
-  buf = malloc(IO_CHUNK);
-  if (!buf) FAIL(RV_ERR_NOMEM, "snapshot: out of memory");
-  uint32_t crc = 0;
-  for (uint64_t off = 0; off < size - 8;) {
-    size_t c = size - 8 - off < IO_CHUNK ? (size_t)(size - 8 - off) : IO_CHUNK;
-    if (pread_all(fd, buf, c, off)) IOFAIL("the contents");
-    crc = rv__crc32c(crc, buf, c);
-    off += c;
-  }
-  uint32_t stored = rv__get_u32(tr + 16);
-  if (crc != stored)
-    FAIL(RV_ERR_CORRUPT, "snapshot: %s: checksum mismatch (stored 0x%08x, computed 0x%08x)", path, stored, crc);
-
-  /* Section table. */
   if (table < HEADER_LEN || table > size - TRAILER_LEN - 4)
     FAIL(RV_ERR_CORRUPT, "snapshot: %s: section table offset %llu out of range", path, (unsigned long long)table);
   uint8_t cnt[4];
@@ -407,6 +389,8 @@ rv_err_t rv_snapshot_load(const char *path, const rv_hnsw_conf_t *conf, rv_hnsw_
          (unsigned long long)expect, (unsigned long long)table);
   if (!have_h || !have_p) FAIL(RV_ERR_CORRUPT, "snapshot: %s: HNSW or POSN section missing", path);
 
+  buf = malloc(IO_CHUNK);
+  if (!buf) FAIL(RV_ERR_NOMEM, "snapshot: out of memory");
   for (uint32_t i = 0; i < ns; i++) {
     reader_t r = {fd, buf, 0, 0, sec[i].off, sec[i].len, 0};
     char nm[5];
@@ -441,10 +425,88 @@ rv_err_t rv_snapshot_load(const char *path, const rv_hnsw_conf_t *conf, rv_hnsw_
 out:
 #undef FAIL
 #undef IOFAIL
-  close(fd);
   free(buf);
   free(blob);
   rv_hnsw_destroy(h);
   rv_attrs_destroy(a);
+  return err;
+}
+
+rv_err_t rv_snapshot_load(const char *path, const rv_hnsw_conf_t *conf, rv_hnsw_t **hp, rv_attrs_t **ap,
+                          void **positions, size_t *positions_len, char *errstr, size_t errstr_size) {
+  if (hp) *hp = NULL;
+  if (ap) *ap = NULL;
+  if (positions) *positions = NULL;
+  if (positions_len) *positions_len = 0;
+  if (!path || !hp || !ap || !positions || !positions_len)
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "snapshot: bad arguments");
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    return rv_errf(e == ENOENT ? RV_ERR_NOT_FOUND : RV_ERR_IO, errstr, errstr_size, "snapshot: open %s: %s", path,
+                   strerror(e));
+  }
+  rv_err_t err = RV_OK;
+  struct stat st;
+#define FAIL(code, ...)                                    \
+  do {                                                     \
+    err = rv_errf(code, errstr, errstr_size, __VA_ARGS__); \
+    goto out;                                              \
+  } while (0)
+#define IOFAIL(what) FAIL(RV_ERR_IO, "snapshot: %s: reading %s: %s", path, what, strerror(errno))
+  if (fstat(fd, &st)) IOFAIL("its size");
+  uint64_t size = (uint64_t)st.st_size;
+  uint8_t hdr[HEADER_LEN], tr[TRAILER_LEN];
+  if (size < HEADER_LEN)
+    FAIL(RV_ERR_CORRUPT, "snapshot: %s: truncated (%llu bytes, no header)", path, (unsigned long long)size);
+  if (pread_all(fd, hdr, HEADER_LEN, 0)) IOFAIL("the header");
+  if (memcmp(hdr, MAGIC, sizeof MAGIC)) FAIL(RV_ERR_CORRUPT, "snapshot: %s: bad magic (not a snapshot)", path);
+  uint32_t version = rv__get_u32(hdr + 8), mark = rv__get_u32(hdr + 12);
+  if (version > RV_SNAPSHOT_VERSION)
+    FAIL(RV_ERR_CORRUPT, "snapshot: %s: format version %u is newer than this build reads (%u)", path, version,
+         RV_SNAPSHOT_VERSION);
+  if (version != RV_SNAPSHOT_VERSION) FAIL(RV_ERR_CORRUPT, "snapshot: %s: unknown format version %u", path, version);
+  if (mark == ENDIAN_SWAPPED) FAIL(RV_ERR_CORRUPT, "snapshot: %s: endianness marker says the other byte order", path);
+  if (mark != ENDIAN_MARK) FAIL(RV_ERR_CORRUPT, "snapshot: %s: bad endianness marker 0x%08x", path, mark);
+  if (size < HEADER_LEN + 4 + TRAILER_LEN)
+    FAIL(RV_ERR_CORRUPT, "snapshot: %s: truncated (%llu bytes, no trailer)", path, (unsigned long long)size);
+  if (pread_all(fd, tr, TRAILER_LEN, size - TRAILER_LEN)) IOFAIL("the trailer");
+  if (rv__get_u32(tr + 20) != END_MAGIC)
+    FAIL(RV_ERR_CORRUPT, "snapshot: %s: truncated or damaged (no end marker in the last bytes)", path);
+  uint64_t table = rv__get_u64(tr), flen = rv__get_u64(tr + 8);
+  if (flen != size)
+    FAIL(RV_ERR_CORRUPT, "snapshot: %s: file is %llu bytes but its trailer says %llu (truncated?)", path,
+         (unsigned long long)size, (unsigned long long)flen);
+
+  /* The checksum covers everything before its own 8 bytes. It is computed
+   * on a second thread while the sections are parsed (every reader
+   * validates every field, so a damaged file cannot hurt them); a mismatch
+   * then wins over whatever the parse made of it, which is thrown away.
+   * Without a thread: first, on this one. */
+  crc_job_t job = {fd, size - 8, 0, 0};
+  pthread_t crc_thread;
+  int threaded = pthread_create(&crc_thread, NULL, crc_main, &job) == 0;
+  if (!threaded) crc_main(&job);
+  uint32_t stored = rv__get_u32(tr + 16);
+  if (threaded || (!job.err_no && job.crc == stored))
+    err = parse_sections(fd, path, size, table, conf, hp, ap, positions, positions_len, errstr, errstr_size);
+  if (threaded) pthread_join(crc_thread, NULL);
+  if (job.err_no || job.crc != stored) {
+    rv_hnsw_destroy(*hp);
+    rv_attrs_destroy(*ap);
+    free(*positions);
+    *hp = NULL;
+    *ap = NULL;
+    *positions = NULL;
+    *positions_len = 0;
+    if (job.err_no == ENOMEM) FAIL(RV_ERR_NOMEM, "snapshot: out of memory");
+    if (job.err_no)
+      FAIL(RV_ERR_IO, "snapshot: %s: reading the contents: %s", path, strerror(job.err_no));
+    FAIL(RV_ERR_CORRUPT, "snapshot: %s: checksum mismatch (stored 0x%08x, computed 0x%08x)", path, stored, job.crc);
+  }
+out:
+#undef FAIL
+#undef IOFAIL
+  close(fd);
   return err;
 }

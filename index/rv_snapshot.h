@@ -21,9 +21,11 @@
  * Saving writes <path>.tmp.<pid>, fsyncs it, renames it over path and fsyncs
  * the directory: a crash or failure leaves the old snapshot (or none), never
  * a torn one; a failed save removes its temporary file.
- * Loading checks the header, the trailer, the length and the checksum over
- * the whole file before parsing anything (reading in 4 MiB chunks), then
- * streams each section into its reader, which validates every field again. */
+ * Loading checks the header, the trailer and the length, then streams each
+ * section into its reader, which validates every field again, while a
+ * second thread computes the checksum over the whole file (both read in
+ * 4 MiB chunks); a checksum mismatch wins over any parse result or error,
+ * which is discarded. */
 #include <stddef.h>
 
 #include "rv_attrs.h"
@@ -60,7 +62,8 @@ rv_err_t rv_snapshot_save_bytes(const char *path, const void *hnsw, size_t hnsw_
  * RV_ERR_CORRUPT for anything wrong with its contents: errstr says what
  * (bad magic, newer format version, other byte order, truncated, checksum
  * mismatch, bad section table, a section's own validation). On failure the
- * outputs are NULL / 0 and nothing leaks. */
+ * outputs are NULL / 0 and nothing leaks. Starts and joins one thread (runs
+ * the checksum on the caller's thread if it cannot). */
 rv_err_t rv_snapshot_load(const char *path, const rv_hnsw_conf_t *conf, rv_hnsw_t **h, rv_attrs_t **a, void **positions,
                           size_t *positions_len, char *errstr, size_t errstr_size);
 

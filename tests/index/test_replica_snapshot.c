@@ -423,6 +423,28 @@ static void test_applier_resumes_at_saved_offsets(void **state) {
     tu_check_hits(&got, items, live, RV_METRIC_L2, q, DIM, 10);
     rv_hit_list_close(&got);
   }
+  rv_replica_destroy(r); /* saves again, at the log's end */
+
+  /* Restarted on an idle log: the end offsets are known by the time the
+   * replica says it is bootstrapped, so it is ready at once, not when the
+   * first fetch of each partition answers (an idle log holds that for
+   * fetch.wait.max.ms). */
+  r = new_replica(&conf);
+  assert_int_equal(rv_replica_start(r, errstr, sizeof errstr), RV_OK);
+  for (int64_t t0 = rv_mono_ms(); !(rv_replica_stats(r, &st), st.bootstrapped);) {
+    if (rv_mono_ms() - t0 > 10000) fail_msg("not bootstrapped from the snapshot within 10 s");
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  rv_replica_part_stats_t ps[8];
+  int np = rv_replica_partition_stats(r, ps, 8);
+  assert_int_equal(np, 3);
+  for (int i = 0; i < np; i++)
+    if (ps[i].high_watermark != ps[i].next_offset || ps[i].lag_records != 0)
+      fail_msg("partition %d: high watermark %lld, next offset %lld, lag %lld when bootstrapped: the end offsets "
+               "were not asked before the assignment", (int)ps[i].partition, (long long)ps[i].high_watermark,
+               (long long)ps[i].next_offset, (long long)ps[i].lag_records);
+  assert_true(rv_replica_ready(r));
   rv_replica_destroy(r);
   cluster_stop(&c);
 }

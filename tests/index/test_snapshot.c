@@ -354,8 +354,20 @@ static void test_damage_small_file_exhaustive(void **state) {
   b[len / 2] ^= 0x10;
   spit(dpath, b, len);
   expect_corrupt(dpath, "checksum", "a flipped payload byte");
+  uint64_t table = rv__get_u64(good + len - 24);
+  /* The checksum runs beside the parse: a byte every reader accepts (the
+   * positions blob is opaque) must still fail the load, and a mismatch wins
+   * over the error the parse meets (here a bad section count). */
+  memcpy(b, good, len);
+  assert_int_equal(rv__get_u32(b + table + 4 + 2 * 24), 0x4e534f50u); /* POSN */
+  b[rv__get_u64(b + table + 4 + 2 * 24 + 8)] ^= 0x01;
+  spit(dpath, b, len);
+  expect_corrupt(dpath, "checksum", "a flipped byte of the positions blob");
+  memcpy(b, good, len);
+  rv__put_u32(b + table, 7);
+  spit(dpath, b, len);
+  expect_corrupt(dpath, "checksum", "a bad section count and no fixed checksum");
   /* section table: the first section one byte longer (valid checksum) */
-  uint64_t table = rv__get_u64(b + len - 24);
   memcpy(b, good, len);
   rv__put_u64(b + table + 4 + 16, rv__get_u64(b + table + 4 + 16) + 1);
   fix_crc(b, len);
