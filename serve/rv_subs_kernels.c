@@ -1,0 +1,50 @@
+#include "rv_subs_kernels.h"
+
+/* Scalar reference: plain loops, never stopping early. */
+static void l2_many_scalar(const float *x, const float *Q, size_t stride, size_t nq, size_t n, const float *thr,
+                           float *out) {
+  (void)thr;
+  for (size_t j = 0; j < nq; j++) {
+    const float *q = Q + j * stride;
+    float s = 0;
+    for (size_t i = 0; i < n; i++) {
+      float d = x[i] - q[i];
+      s += d * d;
+    }
+    out[j] = s;
+  }
+}
+
+static void dot_many_scalar(const float *x, const float *Q, size_t stride, size_t nq, size_t n, float *out) {
+  for (size_t j = 0; j < nq; j++) {
+    const float *q = Q + j * stride;
+    float s = 0;
+    for (size_t i = 0; i < n; i++) s += x[i] * q[i];
+    out[j] = s;
+  }
+}
+
+static const rv__subs_kernels_t scalar = {"scalar", l2_many_scalar, dot_many_scalar};
+
+#if defined(RV_SUBS_X86)
+static const rv__subs_kernels_t avx2 = {"avx2", rv__subs_l2_many_avx2, rv__subs_dot_many_avx2};
+static const rv__subs_kernels_t avx512 = {"avx512", rv__subs_l2_many_avx512, rv__subs_dot_many_avx512};
+#endif
+
+/* rv_kernels_get does the CPU check (CPUID and the OS's XSAVE state). */
+const rv__subs_kernels_t *rv__subs_kernels_get(rv_isa_t isa) {
+  switch (isa) {
+  case RV_ISA_SCALAR: return &scalar;
+#if defined(RV_SUBS_X86)
+  case RV_ISA_AVX2: return rv_kernels_get(RV_ISA_AVX2) ? &avx2 : NULL;
+  case RV_ISA_AVX512: return rv_kernels_get(RV_ISA_AVX512) ? &avx512 : NULL;
+  case RV_ISA_BEST:
+    if (rv_kernels_get(RV_ISA_AVX512)) return &avx512;
+    if (rv_kernels_get(RV_ISA_AVX2)) return &avx2;
+    return &scalar;
+#else
+  case RV_ISA_BEST: return &scalar;
+#endif
+  default: return NULL;
+  }
+}
