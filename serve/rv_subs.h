@@ -124,7 +124,9 @@ void rv_subs_destroy(rv_subs_t *s);
  * query uses it) whose canonical text is filter_key (NULL or "" exactly when
  * f is NULL or has no clauses; it is how identical filters are recognised).
  * On RV_OK: *sub is the new subscription's id (never 0), snap its current
- * top-k at seq 0. RV_ERR_INVALID for bad arguments, RV_ERR_NOMEM, or the
+ * top-k at seq 0. conf.deliver may be called for the new subscription as
+ * soon as the mutex is released, which can be before this returns: be ready
+ * to queue its updates (seq 1, ...) behind the snapshot before calling. RV_ERR_INVALID for bad arguments, RV_ERR_NOMEM, or the
  * search's error (errstr says). Thread: any but the applier's. */
 rv_err_t rv_subs_subscribe(rv_subs_t *s, const float *q, int k, int ef, rv_filter_t *f, const char *filter_key,
                            void *user, uint64_t *sub, rv_subs_snapshot_t *snap, char *errstr, size_t errstr_size);
