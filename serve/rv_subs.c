@@ -83,14 +83,17 @@ struct rv_subs {
   rv_subs_conf_t conf;
   const rv__subs_kernels_t *kern;
   int dim;
-  size_t stride;     /* floats per row, a multiple of RV_SUBS_PAD */
+  size_t nb;         /* RV_SUBS_BLOCK-float blocks per row */
+  int *perm;         /* nb * RV_SUBS_BLOCK: position -> vector element, -1 = padding */
   pthread_mutex_t mu;
 
   /* queries, dense by slot */
   query_t **qs;
-  float *Q;          /* cap_q * stride, 64-byte aligned; normalised rows under cosine */
+  float *Q;          /* cap_q rows, block-major (rv_subs_kernels.h), permuted by perm; unit rows under cosine */
   float *thr;        /* per slot: the score a change must not exceed to matter */
   float *dist;       /* per slot: the current change's kernel output */
+  float *Qn;         /* nb * cap_q, block-major: |row from block b on| (rv_subs_kernels.h) */
+  uint32_t *work;    /* per slot: the kernel's scratch */
   int n_q, cap_q;
 
   sub_t **sub_tab;   /* by id */
@@ -100,7 +103,10 @@ struct rv_subs {
   member_t **mem_tab;
   size_t mem_buckets, n_mem;
 
-  float *x;          /* the current change's vector, padded (and normalised under cosine) */
+  float *x;          /* the current change's vector as a row (permuted, padded, unit under cosine) */
+  float *xn;         /* nb: |x from block b on| */
+  float *row;        /* a query's row before it is spread over the blocks */
+  float *rown;       /* nb: its tail norms */
   rv_attrs_t *scratch; /* slot 0 holds the current change's attributes */
   int scratch_uses;
   uint64_t change_no;  /* changes evaluated, numbers them */
@@ -123,6 +129,15 @@ static uint64_t mix(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
+}
+
+static size_t gcd(size_t a, size_t b) {
+  while (b) {
+    size_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
 }
 
 static int64_t now_ns(void) {
@@ -437,28 +452,47 @@ rv_subs_t *rv_subs_new(const rv_subs_conf_t *conf, char *errstr, size_t errstr_s
     return NULL;
   }
   s->conf = *conf;
-  if (s->conf.extra < 0) s->conf.extra = 8;
+  if (s->conf.extra <= 0) s->conf.extra = 8;
   if (s->conf.history <= 0) s->conf.history = 64;
   s->kern = rv__subs_kernels_get(conf->scalar ? RV_ISA_SCALAR : RV_ISA_BEST);
   s->dim = col->dim;
-  s->stride = ((size_t)col->dim + RV_SUBS_PAD - 1) / RV_SUBS_PAD * RV_SUBS_PAD;
+  s->nb = ((size_t)col->dim + RV_SUBS_BLOCK - 1) / RV_SUBS_BLOCK;
   s->sub_buckets = 64;
   s->mem_buckets = 256;
   s->next_sub = 1;
   s->sub_tab = calloc(s->sub_buckets, sizeof *s->sub_tab);
   s->mem_tab = calloc(s->mem_buckets, sizeof *s->mem_tab);
-  s->x = aligned_alloc(64, s->stride * sizeof(float));
+  size_t n = s->nb * RV_SUBS_BLOCK;
+  s->x = aligned_alloc(64, n * sizeof(float));
+  s->row = malloc(n * sizeof(float));
+  s->xn = malloc(s->nb * sizeof(float));
+  s->rown = malloc(s->nb * sizeof(float));
+  s->perm = malloc(n * sizeof(int));
+  /* Consecutive positions take elements about n / RV_SUBS_BLOCK apart, so
+   * each block samples the whole vector (an image's first 64 pixels are
+   * mostly background) and the first block already tells most far queries
+   * apart. A step coprime with n makes it a permutation. */
+  size_t step = n / RV_SUBS_BLOCK;
+  while (gcd(step, n) != 1) step++;
+  for (size_t t = 0; s->perm && t < n; t++) {
+    size_t e = t * step % n;
+    s->perm[t] = e < (size_t)col->dim ? (int)e : -1;
+  }
   s->scratch = rv_attrs_new(col->fields, col->n_fields, errstr, errstr_size);
   if (!s->scratch) {
     rv_subs_destroy(s);
     return NULL;
   }
-  if (!s->sub_tab || !s->mem_tab || !s->x || pthread_mutex_init(&s->mu, NULL)) {
+  if (!s->sub_tab || !s->mem_tab || !s->x || !s->row || !s->perm || !s->xn || !s->rown || pthread_mutex_init(&s->mu, NULL)) {
     rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
     rv_attrs_destroy(s->scratch);
     free(s->sub_tab);
     free(s->mem_tab);
     free(s->x);
+    free(s->row);
+    free(s->perm);
+    free(s->xn);
+    free(s->rown);
     free(s);
     return NULL;
   }
@@ -495,6 +529,12 @@ void rv_subs_destroy(rv_subs_t *s) {
   free(s->thr);
   free(s->dist);
   free(s->x);
+  free(s->row);
+  free(s->perm);
+  free(s->work);
+  free(s->xn);
+  free(s->rown);
+  free(s->Qn);
   rv_attrs_destroy(s->scratch);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -521,44 +561,77 @@ static query_t *query_find(rv_subs_t *s, uint64_t h, const float *vec, int k, in
 
 static int grow_slots(rv_subs_t *s) {
   if (s->n_q < s->cap_q) return 0;
-  int nc = s->cap_q ? s->cap_q * 2 : 16;
-  float *Q = aligned_alloc(64, (size_t)nc * s->stride * sizeof(float));
-  float *thr = malloc((size_t)nc * sizeof *thr), *dist = malloc((size_t)nc * sizeof *dist);
-  query_t **qs = malloc((size_t)nc * sizeof *qs);
-  if (!Q || !thr || !dist || !qs) {
+  size_t nc = s->cap_q ? (size_t)s->cap_q * 2 : 16;
+  float *Q = aligned_alloc(64, nc * s->nb * RV_SUBS_BLOCK * sizeof(float));
+  float *thr = malloc(nc * sizeof *thr), *dist = malloc(nc * sizeof *dist);
+  uint32_t *work = malloc(nc * sizeof *work);
+  float *Qn = malloc(nc * s->nb * sizeof *Qn);
+  query_t **qs = malloc(nc * sizeof *qs);
+  if (!Q || !thr || !dist || !work || !qs || !Qn) {
+    free(Qn);
     free(Q);
     free(thr);
     free(dist);
+    free(work);
     free(qs);
     return -1;
   }
+  for (size_t b = 0; b < s->nb && s->n_q; b++) { /* each block's rows move to the new block start */
+    memcpy(Q + b * nc * RV_SUBS_BLOCK, s->Q + b * (size_t)s->cap_q * RV_SUBS_BLOCK,
+           (size_t)s->n_q * RV_SUBS_BLOCK * sizeof(float));
+    memcpy(Qn + b * nc, s->Qn + b * (size_t)s->cap_q, (size_t)s->n_q * sizeof *Qn);
+  }
   if (s->n_q) {
-    memcpy(Q, s->Q, (size_t)s->n_q * s->stride * sizeof(float));
     memcpy(thr, s->thr, (size_t)s->n_q * sizeof *thr);
     memcpy(qs, s->qs, (size_t)s->n_q * sizeof *qs);
   }
   free(s->Q);
   free(s->thr);
   free(s->dist);
+  free(s->work);
+  free(s->Qn);
   free(s->qs);
   s->Q = Q;
+  s->Qn = Qn;
   s->thr = thr;
   s->dist = dist;
+  s->work = work;
   s->qs = qs;
-  s->cap_q = nc;
+  s->cap_q = (int)nc;
   return 0;
 }
 
-/* The padded row of v (normalised under cosine) into dst. */
-static void fill_row(const rv_subs_t *s, float *dst, const float *v) {
+/* v as a row: permuted, zero-padded, normalised under cosine. */
+static void make_row(const rv_subs_t *s, float *dst, const float *v) {
   double norm = 1;
   if (s->conf.collection.metric == RV_METRIC_COSINE) {
     double n2 = 0;
     for (int i = 0; i < s->dim; i++) n2 += (double)v[i] * v[i];
     norm = n2 > 0 ? sqrt(n2) : 1;
   }
-  for (int i = 0; i < s->dim; i++) dst[i] = (float)(v[i] / norm);
-  for (size_t i = (size_t)s->dim; i < s->stride; i++) dst[i] = 0;
+  for (size_t t = 0; t < s->nb * RV_SUBS_BLOCK; t++) dst[t] = s->perm[t] < 0 ? 0.0f : (float)(v[s->perm[t]] / norm);
+}
+
+/* The norms of row's tails: tn[b] = |row from block b on|. */
+static void tail_norms(const rv_subs_t *s, const float *row, float *tn) {
+  double acc = 0;
+  for (size_t b = s->nb; b-- > 0;) {
+    for (size_t i = 0; i < RV_SUBS_BLOCK; i++) acc += (double)row[b * RV_SUBS_BLOCK + i] * row[b * RV_SUBS_BLOCK + i];
+    tn[b] = (float)sqrt(acc);
+  }
+}
+
+static float *block_row(const rv_subs_t *s, size_t b, int slot) {
+  return s->Q + (b * (size_t)s->cap_q + (size_t)slot) * RV_SUBS_BLOCK;
+}
+
+/* Spreads row (nb blocks) into slot's place in each block. */
+static void put_row(rv_subs_t *s, int slot, const float *row) {
+  tail_norms(s, row, s->rown);
+  for (size_t b = 0; b < s->nb; b++) {
+    memcpy(block_row(s, b, slot), row + b * RV_SUBS_BLOCK, RV_SUBS_BLOCK * sizeof(float));
+    s->Qn[b * (size_t)s->cap_q + (size_t)slot] = s->rown[b];
+  }
 }
 
 /* A new query from a search's hits; takes f. NULL on no memory (f freed). */
@@ -587,7 +660,8 @@ static query_t *query_add(rv_subs_t *s, uint64_t h, const float *vec, int k, int
     return NULL;
   }
   memcpy(q->vec, vec, (size_t)s->dim * sizeof *vec);
-  fill_row(s, s->Q + (size_t)q->slot * s->stride, vec);
+  make_row(s, s->row, vec);
+  put_row(s, q->slot, s->row);
   s->qs[s->n_q++] = q;
   update_thr(s, q);
   return q;
@@ -597,7 +671,10 @@ static void query_remove(rv_subs_t *s, query_t *q) {
   int last = s->n_q - 1;
   if (q->slot != last) {
     query_t *m = s->qs[last];
-    memcpy(s->Q + (size_t)q->slot * s->stride, s->Q + (size_t)last * s->stride, s->stride * sizeof(float));
+    for (size_t b = 0; b < s->nb; b++) {
+      memcpy(block_row(s, b, q->slot), block_row(s, b, last), RV_SUBS_BLOCK * sizeof(float));
+      s->Qn[b * (size_t)s->cap_q + (size_t)q->slot] = s->Qn[b * (size_t)s->cap_q + (size_t)last];
+    }
     s->thr[q->slot] = s->thr[last];
     s->qs[q->slot] = m;
     m->slot = q->slot;
@@ -935,9 +1012,12 @@ static float score_of(const rv_subs_t *s, float kern_out) {
 /* The exact score of the current change (in s->x) for query q. */
 static float exact_score(rv_subs_t *s, query_t *q) {
   float out, inf = INFINITY;
-  const float *row = s->Q + (size_t)q->slot * s->stride;
-  if (s->conf.collection.metric == RV_METRIC_L2) s->kern->l2_many(s->x, row, s->stride, 1, s->stride, &inf, &out);
-  else s->kern->dot_many(s->x, row, s->stride, 1, s->stride, &out);
+  uint32_t work;
+  const float *row = block_row(s, 0, q->slot); /* with cap rows per block, as one row of the same layout */
+  if (s->conf.collection.metric == RV_METRIC_L2)
+    s->kern->l2_many(s->x, s->xn, row, s->Qn + q->slot, (size_t)s->cap_q, s->nb, 1, &inf, &out, &work);
+  else
+    s->kern->dot_many(s->x, row, (size_t)s->cap_q, s->nb, 1, &out);
   s->st.distances++;
   return score_of(s, out);
 }
@@ -952,7 +1032,8 @@ static void eval_change(rv_subs_t *s, const rv_change_t *c) {
       rv_warn(LOG, "change for id '%s' ignored: dim %d, subscriptions have %d", c->id, c->dim, s->dim);
       return;
     }
-    fill_row(s, s->x, c->vector);
+    make_row(s, s->x, c->vector);
+    tail_norms(s, s->x, s->xn);
   }
   s->st.changes++;
   /* The queries c->id is a candidate of: out, then back in if it still qualifies. */
@@ -987,9 +1068,9 @@ static void eval_change(rv_subs_t *s, const rv_change_t *c) {
   if (!upsert || !s->n_q) return;
   /* Every other query: one distance each, SIMD over the query rows. */
   if (s->conf.collection.metric == RV_METRIC_L2)
-    s->kern->l2_many(s->x, s->Q, s->stride, (size_t)s->n_q, s->stride, s->thr, s->dist);
+    s->kern->l2_many(s->x, s->xn, s->Q, s->Qn, (size_t)s->cap_q, s->nb, (size_t)s->n_q, s->thr, s->dist, s->work);
   else
-    s->kern->dot_many(s->x, s->Q, s->stride, (size_t)s->n_q, s->stride, s->dist);
+    s->kern->dot_many(s->x, s->Q, (size_t)s->cap_q, s->nb, (size_t)s->n_q, s->dist);
   s->st.distances += (uint64_t)s->n_q;
   for (int j = 0; j < s->n_q; j++) {
     float sc = score_of(s, s->dist[j]);

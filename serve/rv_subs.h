@@ -92,7 +92,7 @@ typedef struct rv_subs_conf {
   void *search_ctx;
   rv_subs_deliver_fn deliver;      /* NULL: updates are only kept in the history */
   void *deliver_ctx;
-  int extra;                       /* candidates kept beyond k; < 0: 8 */
+  int extra;                       /* candidates kept beyond k; <= 0: 8 */
   int history;                     /* updates kept per query for resume; <= 0: 64 */
   int scalar;                      /* 1: scalar kernels only (tests); 0: the best the CPU has */
 } rv_subs_conf_t;

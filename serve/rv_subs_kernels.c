@@ -1,25 +1,31 @@
 #include "rv_subs_kernels.h"
 
 /* Scalar reference: plain loops, never stopping early. */
-static void l2_many_scalar(const float *x, const float *Q, size_t stride, size_t nq, size_t n, const float *thr,
-                           float *out) {
-  (void)thr;
+static void l2_many_scalar(const float *x, const float *xn, const float *Q, const float *Qn, size_t cap, size_t nb,
+                           size_t nq, const float *thr, float *out, uint32_t *work) {
+  (void)xn, (void)Qn, (void)thr, (void)work;
   for (size_t j = 0; j < nq; j++) {
-    const float *q = Q + j * stride;
     float s = 0;
-    for (size_t i = 0; i < n; i++) {
-      float d = x[i] - q[i];
-      s += d * d;
+    for (size_t b = 0; b < nb; b++) {
+      const float *q = Q + (b * cap + j) * RV_SUBS_BLOCK, *xb = x + b * RV_SUBS_BLOCK;
+      float t = 0;
+      for (size_t i = 0; i < RV_SUBS_BLOCK; i++) {
+        float d = xb[i] - q[i];
+        t += d * d;
+      }
+      s += t;
     }
     out[j] = s;
   }
 }
 
-static void dot_many_scalar(const float *x, const float *Q, size_t stride, size_t nq, size_t n, float *out) {
+static void dot_many_scalar(const float *x, const float *Q, size_t cap, size_t nb, size_t nq, float *out) {
   for (size_t j = 0; j < nq; j++) {
-    const float *q = Q + j * stride;
     float s = 0;
-    for (size_t i = 0; i < n; i++) s += x[i] * q[i];
+    for (size_t b = 0; b < nb; b++) {
+      const float *q = Q + (b * cap + j) * RV_SUBS_BLOCK, *xb = x + b * RV_SUBS_BLOCK;
+      for (size_t i = 0; i < RV_SUBS_BLOCK; i++) s += xb[i] * q[i];
+    }
     out[j] = s;
   }
 }

@@ -531,34 +531,52 @@ static void test_kernels(void **state) {
     const rv__subs_kernels_t *k = rv__subs_kernels_get(isas[t]);
     if (!k) continue;
     tested++;
-    size_t dims[] = {16, 32, 128, 144, 784, 800, 1536};
-    for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
-      size_t n = dims[di], stride = n + 16 * (di % 2);
+    for (size_t nb = 1; nb <= 13; nb += 3) {
       for (size_t nq = 0; nq <= 13; nq++) {
-        float *Q = aligned_alloc(64, (nq + 1) * stride * sizeof(float)), *x = aligned_alloc(64, stride * sizeof(float));
+        size_t cap = nq + 3 * (nb % 2), n = nb * RV_SUBS_BLOCK;
+        float *Q = aligned_alloc(64, (cap + 1) * n * sizeof(float)), *x = aligned_alloc(64, n * sizeof(float));
         float thr[16], got[16], want[16];
-        for (size_t i = 0; i < (nq + 1) * stride; i++) Q[i] = (float)((double)(next(&seed) >> 11) / 9007199254740992.0 * 2 - 1);
-        for (size_t i = 0; i < stride; i++) x[i] = (float)((double)(next(&seed) >> 11) / 9007199254740992.0 * 2 - 1);
-        ref->l2_many(x, Q, stride, nq, n, NULL, want);
+        uint32_t work[16];
+        for (size_t i = 0; i < (cap + 1) * n; i++) Q[i] = (float)((double)(next(&seed) >> 11) / 9007199254740992.0 * 2 - 1);
+        for (size_t i = 0; i < n; i++) x[i] = (float)((double)(next(&seed) >> 11) / 9007199254740992.0 * 2 - 1);
+        float xn[16], Qn[16 * 16];
+        for (size_t b = nb; b-- > 0;) { /* tail norms, as rv_subs keeps them */
+          for (size_t j = 0; j <= cap; j++) {
+            double a = b + 1 < nb ? (double)Qn[(b + 1) * (cap + 1) + j] * Qn[(b + 1) * (cap + 1) + j] : 0;
+            for (size_t i = 0; i < RV_SUBS_BLOCK; i++) a += (double)Q[(b * (cap + 1) + j) * RV_SUBS_BLOCK + i] * Q[(b * (cap + 1) + j) * RV_SUBS_BLOCK + i];
+            Qn[b * (cap + 1) + j] = (float)sqrt(a);
+          }
+          double a = b + 1 < nb ? (double)xn[b + 1] * xn[b + 1] : 0;
+          for (size_t i = 0; i < RV_SUBS_BLOCK; i++) a += (double)x[b * RV_SUBS_BLOCK + i] * x[b * RV_SUBS_BLOCK + i];
+          xn[b] = (float)sqrt(a);
+        }
+        ref->l2_many(x, xn, Q, Qn, cap + 1, nb, nq, NULL, want, NULL);
         for (size_t j = 0; j < nq; j++) { /* thresholds around the true value: some stop, some do not */
           int r = (int)(next(&seed) % 4);
           thr[j] = r == 0 ? INFINITY : r == 1 ? 0 : (float)(want[j] * (0.5 + (double)(next(&seed) % 100) / 100));
         }
-        k->l2_many(x, Q, stride, nq, n, thr, got);
+        k->l2_many(x, xn, Q, Qn, cap + 1, nb, nq, thr, got, work);
         for (size_t j = 0; j < nq; j++) {
           double tol = 1e-4 * (1 + want[j]);
           if (got[j] <= thr[j]) {
-            if (fabs(got[j] - want[j]) > tol) fail_msg("%s l2 n %zu row %zu: %g, scalar %g", k->isa, n, j, got[j], want[j]);
+            if (fabs(got[j] - want[j]) > tol) fail_msg("%s l2 nb %zu row %zu: %g, scalar %g", k->isa, nb, j, got[j], want[j]);
           } else {
             if (!(want[j] > thr[j] - tol) || got[j] > want[j] + tol)
-              fail_msg("%s l2 n %zu row %zu stopped at %g (thr %g), scalar %g", k->isa, n, j, got[j], thr[j], want[j]);
+              fail_msg("%s l2 nb %zu row %zu stopped at %g (thr %g), scalar %g", k->isa, nb, j, got[j], thr[j], want[j]);
+          }
+          /* one row alone (as rv_subs scores a candidate) gives the same bits as among many */
+          float one, inf = INFINITY;
+          uint32_t w1;
+          if (got[j] <= thr[j]) {
+            k->l2_many(x, xn, Q + j * RV_SUBS_BLOCK, Qn + j, cap + 1, nb, 1, &inf, &one, &w1);
+            assert_true(one == got[j]);
           }
         }
-        ref->dot_many(x, Q, stride, nq, n, want);
-        k->dot_many(x, Q, stride, nq, n, got);
+        ref->dot_many(x, Q, cap + 1, nb, nq, want);
+        k->dot_many(x, Q, cap + 1, nb, nq, got);
         for (size_t j = 0; j < nq; j++)
           if (fabs(got[j] - want[j]) > 1e-4 * (1 + fabs(want[j])))
-            fail_msg("%s dot n %zu row %zu: %g, scalar %g", k->isa, n, j, got[j], want[j]);
+            fail_msg("%s dot nb %zu row %zu: %g, scalar %g", k->isa, nb, j, got[j], want[j]);
         free(Q);
         free(x);
       }
