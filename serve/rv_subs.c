@@ -15,6 +15,7 @@
 #define LOG "subs"
 #define SCRATCH_RESETS 4096 /* metadata sets before the scratch attribute store is renewed */
 #define SUBSCRIBE_TRIES 3   /* lock-free first searches before one under the mutex */
+#define CHUNK 8             /* upserts whose first-block sums are made in one pass over the queries */
 
 /* A candidate: immutable once made, shared (reference counted, under the
  * mutex) by a query's candidate list, its top-k saved at the start of a batch
@@ -84,12 +85,18 @@ struct rv_subs {
   const rv__subs_kernels_t *kern;
   int dim;
   size_t nb;         /* RV_SUBS_BLOCK-float blocks per row */
-  int *perm;         /* nb * RV_SUBS_BLOCK: position -> vector element, -1 = padding */
+  const rv_kernels_t *dk; /* exact distances between original vectors */
+  int haar;          /* l2: rows are Haar transforms of the vectors (n_haar long) */
+  size_t n_haar;     /* a power of two >= dim */
+  size_t dpad;       /* dim rounded up to 16: rows of O */
+  double *hbuf;      /* 2 * n_haar: the transform's work space */
   pthread_mutex_t mu;
 
   /* queries, dense by slot */
   query_t **qs;
-  float *Q;          /* cap_q rows, block-major (rv_subs_kernels.h), permuted by perm; unit rows under cosine */
+  float *Q;          /* cap_q rows, block-major (rv_subs_kernels.h): l2 Haar rows, else the vectors (unit under
+                        cosine) */
+  float *O;          /* l2: cap_q original query vectors, dpad apart, for exact distances */
   float *thr;        /* per slot: the score a change must not exceed to matter */
   float *dist;       /* per slot: the current change's kernel output */
   float *Qn;         /* nb * cap_q, block-major: |row from block b on| (rv_subs_kernels.h) */
@@ -103,8 +110,10 @@ struct rv_subs {
   member_t **mem_tab;
   size_t mem_buckets, n_mem;
 
-  float *x;          /* the current change's vector as a row (permuted, padded, unit under cosine) */
-  float *xn;         /* nb: |x from block b on| */
+  float *X;          /* CHUNK changes' vectors as rows (as Q's), nb * RV_SUBS_BLOCK apart */
+  float *XO;         /* l2: CHUNK changes' vectors, dpad apart */
+  float *F;          /* l2: CHUNK * cap_q first-block sums (block0_many) */
+  float *XN;         /* CHUNK * nb: |X_c from block b on| */
   float *row;        /* a query's row before it is spread over the blocks */
   float *rown;       /* nb: its tail norms */
   rv_attrs_t *scratch; /* slot 0 holds the current change's attributes */
@@ -129,15 +138,6 @@ static uint64_t mix(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
   return z ^ (z >> 31);
-}
-
-static size_t gcd(size_t a, size_t b) {
-  while (b) {
-    size_t t = a % b;
-    a = b;
-    b = t;
-  }
-  return a;
 }
 
 static int64_t now_ns(void) {
@@ -456,42 +456,40 @@ rv_subs_t *rv_subs_new(const rv_subs_conf_t *conf, char *errstr, size_t errstr_s
   if (s->conf.history <= 0) s->conf.history = 64;
   s->kern = rv__subs_kernels_get(conf->scalar ? RV_ISA_SCALAR : RV_ISA_BEST);
   s->dim = col->dim;
-  s->nb = ((size_t)col->dim + RV_SUBS_BLOCK - 1) / RV_SUBS_BLOCK;
+  s->dk = rv_kernels_get(conf->scalar ? RV_ISA_SCALAR : RV_ISA_BEST);
+  s->haar = col->metric == RV_METRIC_L2;
+  s->n_haar = 1;
+  while (s->n_haar < (size_t)col->dim) s->n_haar *= 2;
+  s->dpad = ((size_t)col->dim + 15) / 16 * 16;
+  size_t len = s->haar ? s->n_haar : (size_t)col->dim;
+  s->nb = (len + RV_SUBS_BLOCK - 1) / RV_SUBS_BLOCK;
   s->sub_buckets = 64;
   s->mem_buckets = 256;
   s->next_sub = 1;
   s->sub_tab = calloc(s->sub_buckets, sizeof *s->sub_tab);
   s->mem_tab = calloc(s->mem_buckets, sizeof *s->mem_tab);
   size_t n = s->nb * RV_SUBS_BLOCK;
-  s->x = aligned_alloc(64, n * sizeof(float));
+  s->X = aligned_alloc(64, CHUNK * n * sizeof(float));
+  s->XO = aligned_alloc(64, CHUNK * s->dpad * sizeof(float));
+  s->hbuf = malloc(2 * s->n_haar * sizeof(double));
   s->row = malloc(n * sizeof(float));
-  s->xn = malloc(s->nb * sizeof(float));
+  s->XN = malloc(CHUNK * s->nb * sizeof(float));
   s->rown = malloc(s->nb * sizeof(float));
-  s->perm = malloc(n * sizeof(int));
-  /* Consecutive positions take elements about n / RV_SUBS_BLOCK apart, so
-   * each block samples the whole vector (an image's first 64 pixels are
-   * mostly background) and the first block already tells most far queries
-   * apart. A step coprime with n makes it a permutation. */
-  size_t step = n / RV_SUBS_BLOCK;
-  while (gcd(step, n) != 1) step++;
-  for (size_t t = 0; s->perm && t < n; t++) {
-    size_t e = t * step % n;
-    s->perm[t] = e < (size_t)col->dim ? (int)e : -1;
-  }
   s->scratch = rv_attrs_new(col->fields, col->n_fields, errstr, errstr_size);
   if (!s->scratch) {
     rv_subs_destroy(s);
     return NULL;
   }
-  if (!s->sub_tab || !s->mem_tab || !s->x || !s->row || !s->perm || !s->xn || !s->rown || pthread_mutex_init(&s->mu, NULL)) {
+  if (!s->sub_tab || !s->mem_tab || !s->X || !s->row || !s->XO || !s->hbuf || !s->XN || !s->rown || pthread_mutex_init(&s->mu, NULL)) {
     rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
     rv_attrs_destroy(s->scratch);
     free(s->sub_tab);
     free(s->mem_tab);
-    free(s->x);
+    free(s->X);
     free(s->row);
-    free(s->perm);
-    free(s->xn);
+    free(s->XO);
+    free(s->hbuf);
+    free(s->XN);
     free(s->rown);
     free(s);
     return NULL;
@@ -528,11 +526,14 @@ void rv_subs_destroy(rv_subs_t *s) {
   free(s->Q);
   free(s->thr);
   free(s->dist);
-  free(s->x);
+  free(s->X);
+  free(s->F);
   free(s->row);
-  free(s->perm);
+  free(s->XO);
+  free(s->hbuf);
+  free(s->O);
   free(s->work);
-  free(s->xn);
+  free(s->XN);
   free(s->rown);
   free(s->Qn);
   rv_attrs_destroy(s->scratch);
@@ -566,8 +567,12 @@ static int grow_slots(rv_subs_t *s) {
   float *thr = malloc(nc * sizeof *thr), *dist = malloc(nc * sizeof *dist);
   uint32_t *work = malloc(nc * sizeof *work);
   float *Qn = malloc(nc * s->nb * sizeof *Qn);
+  float *O = s->haar ? aligned_alloc(64, nc * s->dpad * sizeof(float)) : NULL;
+  float *F = s->haar ? malloc(CHUNK * nc * sizeof(float)) : NULL;
   query_t **qs = malloc(nc * sizeof *qs);
-  if (!Q || !thr || !dist || !work || !qs || !Qn) {
+  if (!Q || !thr || !dist || !work || !qs || !Qn || (s->haar && (!O || !F))) {
+    free(F);
+    free(O);
     free(Qn);
     free(Q);
     free(thr);
@@ -582,6 +587,7 @@ static int grow_slots(rv_subs_t *s) {
     memcpy(Qn + b * nc, s->Qn + b * (size_t)s->cap_q, (size_t)s->n_q * sizeof *Qn);
   }
   if (s->n_q) {
+    if (O) memcpy(O, s->O, (size_t)s->n_q * s->dpad * sizeof(float));
     memcpy(thr, s->thr, (size_t)s->n_q * sizeof *thr);
     memcpy(qs, s->qs, (size_t)s->n_q * sizeof *qs);
   }
@@ -590,7 +596,11 @@ static int grow_slots(rv_subs_t *s) {
   free(s->dist);
   free(s->work);
   free(s->Qn);
+  free(s->O);
+  free(s->F);
   free(s->qs);
+  s->O = O;
+  s->F = F;
   s->Q = Q;
   s->Qn = Qn;
   s->thr = thr;
@@ -601,15 +611,39 @@ static int grow_slots(rv_subs_t *s) {
   return 0;
 }
 
-/* v as a row: permuted, zero-padded, normalised under cosine. */
+/* v as a row: under l2 its orthonormal Haar transform (made in double, so
+ * each coefficient is off by at most a rounding: well within the kernel's
+ * 2^-22 of the norm), coarse coefficients first; else v itself, normalised
+ * under cosine; zero-padded. The transform keeps distances, and puts most
+ * of a smooth vector's energy (images, say) in the first block. */
 static void make_row(const rv_subs_t *s, float *dst, const float *v) {
+  size_t n = s->nb * RV_SUBS_BLOCK;
+  if (s->haar) {
+    double *a = s->hbuf, *t = s->hbuf + s->n_haar;
+    for (size_t i = 0; i < s->n_haar; i++) a[i] = i < (size_t)s->dim ? v[i] : 0;
+    for (size_t len = s->n_haar; len > 1; len /= 2) {
+      for (size_t i = 0; i < len / 2; i++) {
+        t[i] = (a[2 * i] + a[2 * i + 1]) * 0.70710678118654752440;
+        t[len / 2 + i] = (a[2 * i] - a[2 * i + 1]) * 0.70710678118654752440;
+      }
+      memcpy(a, t, len * sizeof *a);
+    }
+    for (size_t i = 0; i < n; i++) dst[i] = i < s->n_haar ? (float)a[i] : 0.0f;
+    return;
+  }
   double norm = 1;
   if (s->conf.collection.metric == RV_METRIC_COSINE) {
     double n2 = 0;
     for (int i = 0; i < s->dim; i++) n2 += (double)v[i] * v[i];
     norm = n2 > 0 ? sqrt(n2) : 1;
   }
-  for (size_t t = 0; t < s->nb * RV_SUBS_BLOCK; t++) dst[t] = s->perm[t] < 0 ? 0.0f : (float)(v[s->perm[t]] / norm);
+  for (size_t i = 0; i < n; i++) dst[i] = i < (size_t)s->dim ? (float)(v[i] / norm) : 0.0f;
+}
+
+/* v zero-padded to dpad floats (l2's exact distances). */
+static void make_orig(const rv_subs_t *s, float *dst, const float *v) {
+  memcpy(dst, v, (size_t)s->dim * sizeof *v);
+  for (size_t i = (size_t)s->dim; i < s->dpad; i++) dst[i] = 0;
 }
 
 /* The norms of row's tails: tn[b] = |row from block b on|. */
@@ -662,6 +696,7 @@ static query_t *query_add(rv_subs_t *s, uint64_t h, const float *vec, int k, int
   memcpy(q->vec, vec, (size_t)s->dim * sizeof *vec);
   make_row(s, s->row, vec);
   put_row(s, q->slot, s->row);
+  if (s->haar) make_orig(s, s->O + (size_t)q->slot * s->dpad, vec);
   s->qs[s->n_q++] = q;
   update_thr(s, q);
   return q;
@@ -675,6 +710,7 @@ static void query_remove(rv_subs_t *s, query_t *q) {
       memcpy(block_row(s, b, q->slot), block_row(s, b, last), RV_SUBS_BLOCK * sizeof(float));
       s->Qn[b * (size_t)s->cap_q + (size_t)q->slot] = s->Qn[b * (size_t)s->cap_q + (size_t)last];
     }
+    if (s->haar) memcpy(s->O + (size_t)q->slot * s->dpad, s->O + (size_t)last * s->dpad, s->dpad * sizeof(float));
     s->thr[q->slot] = s->thr[last];
     s->qs[q->slot] = m;
     m->slot = q->slot;
@@ -1009,43 +1045,45 @@ static float score_of(const rv_subs_t *s, float kern_out) {
   }
 }
 
-/* The exact score of the current change (in s->x) for query q. */
-static float exact_score(rv_subs_t *s, query_t *q) {
-  float out, inf = INFINITY;
-  uint32_t work;
-  const float *row = block_row(s, 0, q->slot); /* with cap rows per block, as one row of the same layout */
-  if (s->conf.collection.metric == RV_METRIC_L2)
-    s->kern->l2_many(s->x, s->xn, row, s->Qn + q->slot, (size_t)s->cap_q, s->nb, 1, &inf, &out, &work);
-  else
-    s->kern->dot_many(s->x, row, (size_t)s->cap_q, s->nb, 1, &out);
+/* The exact score of the current change for query q: l2 from the original
+ * vectors, ip and cosine from the rows (which are the vectors). */
+static float exact_score(rv_subs_t *s, query_t *q, int m) {
   s->st.distances++;
+  if (s->haar) return s->dk->l2sq(s->XO + (size_t)m * s->dpad, s->O + (size_t)q->slot * s->dpad, (size_t)s->dim);
+  float out;
+  s->kern->dot_many(s->X + (size_t)m * s->nb * RV_SUBS_BLOCK, block_row(s, 0, q->slot), (size_t)s->cap_q, s->nb, 1,
+                    &out);
   return score_of(s, out);
 }
 
-static void eval_change(rv_subs_t *s, const rv_change_t *c) {
+/* 1 if c is an upsert rv_subs can evaluate (logs the ones it cannot). */
+static int usable_upsert(const rv_subs_t *s, const rv_change_t *c) {
+  if (!c->id || c->op != RV_OP_UPSERT) return 0;
+  if (!c->vector || c->dim != s->dim) {
+    rv_warn(LOG, "change for id '%s' ignored: dim %d, subscriptions have %d", c->id, c->dim, s->dim);
+    return 0;
+  }
+  return 1;
+}
+
+/* Evaluates change c against every query. An upsert's vector is in chunk
+ * slot m (X, XN, XO), with its first-block sums in F when have_first. */
+static void eval_change(rv_subs_t *s, const rv_change_t *c, int m, int have_first) {
   uint64_t no = ++s->change_no;
   int scratch_done = 0;
   int upsert = c->op == RV_OP_UPSERT;
-  if (!c->id) return;
-  if (upsert) {
-    if (!c->vector || c->dim != s->dim) {
-      rv_warn(LOG, "change for id '%s' ignored: dim %d, subscriptions have %d", c->id, c->dim, s->dim);
-      return;
-    }
-    make_row(s, s->x, c->vector);
-    tail_norms(s, s->x, s->xn);
-  }
+  if (!c->id || (upsert && m < 0)) return;
   s->st.changes++;
   /* The queries c->id is a candidate of: out, then back in if it still qualifies. */
-  member_t *m = mem_find(s, c->id);
-  if (m) {
-    int n = m->n;
+  member_t *mem = mem_find(s, c->id);
+  if (mem) {
+    int n = mem->n;
     query_t *stack[16], **qs = n <= 16 ? stack : malloc((size_t)n * sizeof *qs);
     if (!qs) {
       rv_warn(LOG, "out of memory evaluating a change");
       return;
     }
-    memcpy(qs, m->qs, (size_t)n * sizeof *qs); /* m changes under the edits below */
+    memcpy(qs, mem->qs, (size_t)n * sizeof *qs); /* mem changes under the edits below */
     for (int i = 0; i < n; i++) {
       query_t *q = qs[i];
       q->stamp = no;
@@ -1055,7 +1093,7 @@ static void eval_change(rv_subs_t *s, const rv_change_t *c) {
       touch(q);
       cand_remove_at(s, q, at);
       if (upsert) {
-        float sc = exact_score(s, q);
+        float sc = exact_score(s, q, m);
         if (qualifies(q, sc, c->id) && passes(s, q, c, &scratch_done) &&
             cand_insert(s, q, c->id, c->attributes, sc)) {
           q->dirty = 1; /* no memory: a re-search will rebuild it */
@@ -1068,15 +1106,19 @@ static void eval_change(rv_subs_t *s, const rv_change_t *c) {
   if (!upsert || !s->n_q) return;
   /* Every other query: one distance each, SIMD over the query rows. */
   if (s->conf.collection.metric == RV_METRIC_L2)
-    s->kern->l2_many(s->x, s->xn, s->Q, s->Qn, (size_t)s->cap_q, s->nb, (size_t)s->n_q, s->thr, s->dist, s->work);
+    s->kern->l2_many(s->X + (size_t)m * s->nb * RV_SUBS_BLOCK, s->XN + (size_t)m * s->nb, s->Q, s->Qn,
+                     (size_t)s->cap_q, s->nb, (size_t)s->n_q, s->thr,
+                     have_first ? s->F + (size_t)m * (size_t)s->n_q : NULL, s->dist, s->work);
   else
-    s->kern->dot_many(s->x, s->Q, (size_t)s->cap_q, s->nb, (size_t)s->n_q, s->dist);
+    s->kern->dot_many(s->X + (size_t)m * s->nb * RV_SUBS_BLOCK, s->Q, (size_t)s->cap_q, s->nb, (size_t)s->n_q,
+                      s->dist);
   s->st.distances += (uint64_t)s->n_q;
   for (int j = 0; j < s->n_q; j++) {
     float sc = score_of(s, s->dist[j]);
     if (!(sc <= s->thr[j])) continue;
     query_t *q = s->qs[j];
     if (q->stamp == no || q->dirty) continue;
+    if (s->haar && !((sc = exact_score(s, q, m)) <= s->thr[j])) continue; /* the kernel's pass is a bound */
     if (!qualifies(q, sc, c->id) || !passes(s, q, c, &scratch_done)) continue;
     if (cand_insert(s, q, c->id, c->attributes, sc)) {
       touch(q);
@@ -1092,7 +1134,27 @@ void rv_subs_on_applied(void *ctx, const rv_replica_applied_t *batch) {
   pthread_mutex_lock(&s->mu);
   s->evals++;
   s->st.batches++;
-  for (int i = 0; i < batch->n; i++) eval_change(s, batch->changes[i]);
+  /* In chunks of up to CHUNK upserts (and the deletes between them): their
+   * vectors are prepared, and under l2 their first-block sums against every
+   * query made in one pass over the queries (the threshold-free part); then
+   * each change is evaluated in order against the thresholds as they stand. */
+  size_t len = s->nb * RV_SUBS_BLOCK;
+  for (int i = 0; i < batch->n;) {
+    int slot[CHUNK * 4], m = 0, end = i;
+    for (; end < batch->n && m < CHUNK && end - i < CHUNK * 4; end++) {
+      const rv_change_t *c = batch->changes[end];
+      slot[end - i] = -1;
+      if (!usable_upsert(s, c)) continue;
+      make_row(s, s->X + (size_t)m * len, c->vector);
+      tail_norms(s, s->X + (size_t)m * len, s->XN + (size_t)m * s->nb);
+      if (s->haar) make_orig(s, s->XO + (size_t)m * s->dpad, c->vector);
+      slot[end - i] = m++;
+    }
+    int have_first = s->haar && m > 0 && s->n_q > 0;
+    if (have_first) s->kern->block0_many(s->X, len, (size_t)m, s->Q, (size_t)s->n_q, s->F);
+    for (int t = i; t < end; t++) eval_change(s, batch->changes[t], slot[t - i], have_first);
+    i = end;
+  }
   if (batch->generation > s->as_of) s->as_of = batch->generation;
   for (int j = 0; j < s->n_q; j++) {
     query_t *q = s->qs[j];

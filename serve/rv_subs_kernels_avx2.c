@@ -19,4 +19,5 @@ static inline float hsum256(__m256 v) {
 #define HSUM(v) hsum256(v)
 #define L2_MANY rv__subs_l2_many_avx2
 #define DOT_MANY rv__subs_dot_many_avx2
+#define BLOCK0_MANY rv__subs_block0_many_avx2
 #include "rv_subs_kernels_body.h"

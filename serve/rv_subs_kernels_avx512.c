@@ -12,4 +12,5 @@
 #define HSUM(v) _mm512_reduce_add_ps(v)
 #define L2_MANY rv__subs_l2_many_avx512
 #define DOT_MANY rv__subs_dot_many_avx512
+#define BLOCK0_MANY rv__subs_block0_many_avx512
 #include "rv_subs_kernels_body.h"

@@ -33,17 +33,18 @@ static inline float l2_block1(const float *xb, const float *r) {
 /* Block by block over the rows still possibly within their thresholds
  * (work holds their indices). Before each block a row is dropped when its
  * partial sum plus the bound (|row rest| - |x rest|)^2 on what the remaining
- * blocks add already passes its threshold (with a margin for rounding). A
+ * blocks add already passes its threshold, with margins for rounding in the
+ * sums and in the rows themselves (see rv_subs_kernels.h). A
  * row's sum adds its block sums in block order whichever path computes
  * them, so results do not depend on the other rows. */
 void L2_MANY(const float *x, const float *xn, const float *Q, const float *Qn, size_t cap, size_t nb, size_t nq,
-             const float *thr, float *out, uint32_t *work) {
+             const float *thr, const float *first, float *out, uint32_t *work) {
   size_t n = nq;
   for (size_t j = 0; j < nq; j++) {
-    out[j] = 0;
+    out[j] = first ? first[j] : 0;
     work[j] = (uint32_t)j;
   }
-  for (size_t b = 0; b < nb && n; b++) {
+  for (size_t b = first ? 1 : 0; b < nb && n; b++) {
     const float *Qb = Q + b * cap * RV_SUBS_BLOCK, *xb = x + b * RV_SUBS_BLOCK, *Nb = Qn + b * cap;
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) { /* branch-free: which rows survive is unpredictable */
@@ -51,6 +52,8 @@ void L2_MANY(const float *x, const float *xn, const float *Q, const float *Qn, s
       float gap = fabsf(Nb[w] - xn[b]) - 1e-6f * (Nb[w] + xn[b]);
       gap = gap > 0 ? gap : 0;
       float lb = (out[w] + gap * gap) * (1 - 1e-5f);
+      float r = sqrtf(lb) - 2.4e-7f * (Qn[w] + xn[0]); /* rows off by up to 2^-22 of their norms */
+      lb = r > 0 ? r * r : 0;
       work[kept] = w;
       kept += lb <= thr[w];
       out[w] = lb > thr[w] ? lb : out[w];
@@ -66,6 +69,23 @@ void L2_MANY(const float *x, const float *xn, const float *Q, const float *Qn, s
     }
     for (; t < n; t++) out[work[t]] += l2_block1(xb, Qb + (size_t)work[t] * RV_SUBS_BLOCK);
   }
+}
+
+/* Four rows at a time against every X_c: the rows' first blocks stay in L1
+ * while the changes go by. */
+void BLOCK0_MANY(const float *X, size_t xstride, size_t nx, const float *Q, size_t nq, float *out) {
+  size_t j = 0;
+  for (; j + 4 <= nq; j += 4) {
+    const float *r0 = Q + j * RV_SUBS_BLOCK;
+    for (size_t c = 0; c < nx; c++) {
+      float s[4];
+      l2_block4(X + c * xstride, r0, r0 + RV_SUBS_BLOCK, r0 + 2 * RV_SUBS_BLOCK, r0 + 3 * RV_SUBS_BLOCK, s);
+      float *o = out + c * nq + j;
+      o[0] = 0 + s[0], o[1] = 0 + s[1], o[2] = 0 + s[2], o[3] = 0 + s[3];
+    }
+  }
+  for (; j < nq; j++)
+    for (size_t c = 0; c < nx; c++) out[c * nq + j] = 0 + l2_block1(X + c * xstride, Q + j * RV_SUBS_BLOCK);
 }
 
 void DOT_MANY(const float *x, const float *Q, size_t cap, size_t nb, size_t nq, float *out) {

@@ -550,12 +550,12 @@ static void test_kernels(void **state) {
           for (size_t i = 0; i < RV_SUBS_BLOCK; i++) a += (double)x[b * RV_SUBS_BLOCK + i] * x[b * RV_SUBS_BLOCK + i];
           xn[b] = (float)sqrt(a);
         }
-        ref->l2_many(x, xn, Q, Qn, cap + 1, nb, nq, NULL, want, NULL);
+        ref->l2_many(x, xn, Q, Qn, cap + 1, nb, nq, NULL, NULL, want, NULL);
         for (size_t j = 0; j < nq; j++) { /* thresholds around the true value: some stop, some do not */
           int r = (int)(next(&seed) % 4);
           thr[j] = r == 0 ? INFINITY : r == 1 ? 0 : (float)(want[j] * (0.5 + (double)(next(&seed) % 100) / 100));
         }
-        k->l2_many(x, xn, Q, Qn, cap + 1, nb, nq, thr, got, work);
+        k->l2_many(x, xn, Q, Qn, cap + 1, nb, nq, thr, NULL, got, work);
         for (size_t j = 0; j < nq; j++) {
           double tol = 1e-4 * (1 + want[j]);
           if (got[j] <= thr[j]) {
@@ -568,8 +568,22 @@ static void test_kernels(void **state) {
           float one, inf = INFINITY;
           uint32_t w1;
           if (got[j] <= thr[j]) {
-            k->l2_many(x, xn, Q + j * RV_SUBS_BLOCK, Qn + j, cap + 1, nb, 1, &inf, &one, &w1);
+            k->l2_many(x, xn, Q + j * RV_SUBS_BLOCK, Qn + j, cap + 1, nb, 1, &inf, NULL, &one, &w1);
             assert_true(one == got[j]);
+          }
+        }
+        /* First blocks made for several vectors at once: the scalar sums, and
+         * bit for bit what l2_many adds itself. */
+        if (nq) {
+          float f[2 * 16], fr[2 * 16], again[16];
+          k->block0_many(x, 0, 2, Q, nq, f); /* x twice: stride 0 */
+          ref->block0_many(x, 0, 2, Q, nq, fr);
+          k->l2_many(x, xn, Q, Qn, cap + 1, nb, nq, thr, f + nq, again, work);
+          for (size_t j = 0; j < nq; j++) {
+            assert_true(f[j] == f[nq + j]);
+            if (fabs(f[j] - fr[j]) > 1e-4 * (1 + fr[j])) fail_msg("%s block0 row %zu: %g, scalar %g", k->isa, j, f[j], fr[j]);
+            if ((got[j] <= thr[j]) != (again[j] <= thr[j]) || (got[j] <= thr[j] && got[j] != again[j]))
+              fail_msg("%s l2 from first blocks row %zu: %g, else %g (thr %g)", k->isa, j, again[j], got[j], thr[j]);
           }
         }
         ref->dot_many(x, Q, cap + 1, nb, nq, want);
