@@ -11,6 +11,9 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,33 +165,44 @@ static int client_find(const client_t *c, const char *id) {
   return -1;
 }
 
-static void client_apply(client_t *c, const rv_subs_update_t *u) {
-  if (u->seq != c->seq + 1) fail_msg("sub %llu: update seq %llu after %llu (a gap)", (unsigned long long)c->sub,
-                                     (unsigned long long)u->seq, (unsigned long long)c->seq);
+/* Applies u to c's view; NULL, or what is wrong (a gap, an impossible edit). */
+static const char *client_apply_err(client_t *c, const rv_subs_update_t *u) {
+  static __thread char why[160];
+  if (u->seq != c->seq + 1) {
+    snprintf(why, sizeof why, "sub %llu: update seq %llu after %llu (a gap)", (unsigned long long)c->sub,
+             (unsigned long long)u->seq, (unsigned long long)c->seq);
+    return why;
+  }
   c->seq = u->seq;
-  assert_true(u->n_enter + u->n_leave + u->n_moved > 0); /* updates only when something changed */
+  if (u->n_enter + u->n_leave + u->n_moved == 0) return "an empty update"; /* only when something changed */
   for (int i = 0; i < u->n_leave; i++) {
     int at = client_find(c, u->leave[i]);
-    if (at < 0) fail_msg("leave of '%s', not in the top-k", u->leave[i]);
+    if (at < 0) return "a leave of an id not in the top-k";
     free(c->hits[at].id);
     free(c->hits[at].metadata);
     c->hits[at] = c->hits[--c->n];
   }
   for (int i = 0; i < u->n_moved; i++) {
     int at = client_find(c, u->moved[i].id);
-    if (at < 0) fail_msg("moved '%s', not in the top-k", u->moved[i].id);
+    if (at < 0) return "a move of an id not in the top-k";
     free(c->hits[at].metadata);
     c->hits[at].metadata = u->moved[i].metadata ? strdup(u->moved[i].metadata) : NULL;
     c->hits[at].score = u->moved[i].score;
   }
   for (int i = 0; i < u->n_enter; i++) {
-    if (client_find(c, u->enter[i].id) >= 0) fail_msg("enter of '%s', already in", u->enter[i].id);
-    assert_true(c->n < 64);
+    if (client_find(c, u->enter[i].id) >= 0) return "an enter of an id already in";
+    if (c->n >= 64) return "more than 64 hits";
     c->hits[c->n].id = strdup(u->enter[i].id);
     c->hits[c->n].metadata = u->enter[i].metadata ? strdup(u->enter[i].metadata) : NULL;
     c->hits[c->n++].score = u->enter[i].score;
   }
   qsort(c->hits, (size_t)c->n, sizeof *c->hits, hit_cmp);
+  return NULL;
+}
+
+static void client_apply(client_t *c, const rv_subs_update_t *u) {
+  const char *why = client_apply_err(c, u);
+  if (why) fail_msg("%s", why);
 }
 
 typedef struct world {
@@ -475,6 +489,238 @@ static void test_stream_replica(void **state) {
   g_jitter = 0;
 }
 
+/* ---- subscribing while batches are evaluated --------------------------------- */
+
+/* A client subscribed from another thread: updates may come (on the applier
+ * thread) before its subscribe call has returned the snapshot, so they wait
+ * in a deep-copied queue until it is there, as serve's connections must. */
+typedef struct pend {
+  rv_subs_update_t u;
+  rv_hit_t hits[64];
+  const char *leave[64];
+} pend_t;
+
+typedef struct tclient {
+  client_t c;
+  qdesc_t qd;
+  pthread_mutex_t mu;
+  int ready, live;
+  int pended; /* updates that came before the snapshot */
+  pend_t *pend;
+  int n_pend;
+  const char *err;
+} tclient_t;
+
+#define NT 24
+
+typedef struct conc {
+  rv_subs_t *s;
+  const rv_collection_conf_t *col;
+  tclient_t tc[NT];
+  qdesc_t *shared; /* queries of the main thread's subscribers: some new ones copy them */
+  const char *err;
+  _Atomic int done;
+} conc_t;
+
+static void deliver_t(void *ctx, uint64_t sub, void *user, const rv_subs_update_t *u) {
+  (void)ctx, (void)sub;
+  tclient_t *t = user;
+  pthread_mutex_lock(&t->mu);
+  if (t->ready) {
+    if (!t->err) t->err = client_apply_err(&t->c, u);
+  } else if (t->n_pend < 256) {
+    pend_t *p = &t->pend[t->n_pend++];
+    p->u = *u;
+    int n = 0;
+    for (int i = 0; i < u->n_enter; i++, n++)
+      p->hits[n] = (rv_hit_t){strdup(u->enter[i].id), u->enter[i].metadata ? strdup(u->enter[i].metadata) : NULL,
+                              u->enter[i].score};
+    for (int i = 0; i < u->n_moved; i++, n++)
+      p->hits[n] = (rv_hit_t){strdup(u->moved[i].id), u->moved[i].metadata ? strdup(u->moved[i].metadata) : NULL,
+                              u->moved[i].score};
+    for (int i = 0; i < u->n_leave; i++) p->leave[i] = strdup(u->leave[i]);
+    p->u.enter = p->hits;
+    p->u.moved = p->hits + u->n_enter;
+    p->u.leave = p->leave;
+  } else {
+    t->err = "too many updates before the snapshot";
+  }
+  pthread_mutex_unlock(&t->mu);
+}
+
+static void pend_free(pend_t *p) {
+  for (int i = 0; i < p->u.n_enter + p->u.n_moved; i++) {
+    free(p->hits[i].id);
+    free(p->hits[i].metadata);
+  }
+  for (int i = 0; i < p->u.n_leave; i++) free((char *)p->leave[i]);
+}
+
+static void *subscriber_thread(void *arg) {
+  conc_t *cc = arg;
+  uint64_t seed = 99;
+  for (int i = 0; i < NT; i++) {
+    tclient_t *t = &cc->tc[i];
+    if (i % 3 == 0) {
+      t->qd = cc->shared[next(&seed) % 4]; /* joins a query the evaluation already runs */
+    } else {
+      random_vec(&seed, t->qd.vec);
+      t->qd.k = 1 + (int)(next(&seed) % MAXK);
+      t->qd.f = (fdesc_t){(int)(next(&seed) % 4), (int)(next(&seed) % 3), (int)(next(&seed) % 3), 0, 5};
+    }
+    char key[128], errstr[256];
+    rv_filter_t *f = make_filter(cc->col, &t->qd.f, key, sizeof key);
+    rv_subs_snapshot_t snap;
+    uint64_t id;
+    if (rv_subs_subscribe(cc->s, t->qd.vec, t->qd.k, 0, f, key, t, &id, &snap, errstr, sizeof errstr)) {
+      cc->err = "subscribe failed";
+      return NULL;
+    }
+    if (i % 2) { /* slow to take its snapshot: updates queue up meanwhile */
+      struct timespec ts = {0, 3000000};
+      nanosleep(&ts, NULL);
+    }
+    pthread_mutex_lock(&t->mu);
+    t->c.sub = id;
+    client_snapshot(&t->c, &snap);
+    t->pended = t->n_pend;
+    for (int p = 0; p < t->n_pend && !t->err; p++) t->err = client_apply_err(&t->c, &t->pend[p].u);
+    for (int p = 0; p < t->n_pend; p++) pend_free(&t->pend[p]);
+    t->n_pend = 0;
+    t->ready = t->live = 1;
+    pthread_mutex_unlock(&t->mu);
+    rv_hit_list_close(&snap.hits);
+    if (i % 5 == 4) { /* and an earlier one leaves */
+      tclient_t *o = &cc->tc[i - 2];
+      if (rv_subs_unsubscribe(cc->s, o->c.sub) != RV_OK) cc->err = "unsubscribe failed";
+      o->live = 0;
+    }
+    struct timespec ts = {0, 2000000}; /* pacing, so subscribes land between and during batches */
+    nanosleep(&ts, NULL);
+  }
+  cc->done = 1;
+  return NULL;
+}
+
+static void test_concurrent_subscribe(void **state) {
+  (void)state;
+  g_jitter = 1; /* the replica's search: no ties */
+  static model_t m;
+  memset(&m, 0, sizeof m);
+  m.metric = RV_METRIC_L2;
+  rv_collection_conf_t col = {0};
+  snprintf(col.name, sizeof col.name, "docs");
+  col.dim = DIM;
+  col.fields[0] = (rv_field_conf_t){"c", RV_FIELD_KEYWORD};
+  col.fields[1] = (rv_field_conf_t){"n", RV_FIELD_NUMBER};
+  col.n_fields = 2;
+  char errstr[256];
+  m.attrs = rv_attrs_new(col.fields, col.n_fields, errstr, sizeof errstr);
+  rv_replica_conf_t rc = {0};
+  rc.collection = col;
+  rc.ef_search = 500;
+  m.replica = rv_replica_new(&rc, errstr, sizeof errstr);
+  assert_non_null(m.replica);
+  for (int i = 0; i < NIDS; i++) snprintf(m.ids[i], sizeof m.ids[i], "v%02d", i);
+
+  rv_subs_conf_t sc = {0};
+  sc.collection = col;
+  sc.search = search;
+  sc.search_ctx = &m;
+  sc.deliver = deliver_t;
+  sc.extra = 2;
+  static conc_t cc;
+  memset(&cc, 0, sizeof cc);
+  cc.s = rv_subs_new(&sc, errstr, sizeof errstr);
+  assert_non_null(cc.s);
+  cc.col = &col;
+  uint64_t seed = 11;
+  qdesc_t shared[4];
+  for (int q = 0; q < 4; q++) {
+    random_vec(&seed, shared[q].vec);
+    shared[q].k = 3;
+    shared[q].f = (fdesc_t){q % 2, 1, 2, 0, 5};
+  }
+  cc.shared = shared;
+  static tclient_t mains[4];
+  for (int i = 0; i < NT; i++) {
+    pthread_mutex_init(&cc.tc[i].mu, NULL);
+    cc.tc[i].pend = calloc(256, sizeof *cc.tc[i].pend);
+  }
+  for (int q = 0; q < 4; q++) { /* subscribed up front, so the new ones have something to join */
+    tclient_t *t = &mains[q];
+    memset(t, 0, sizeof *t);
+    pthread_mutex_init(&t->mu, NULL);
+    t->qd = shared[q];
+    char key[128];
+    rv_filter_t *f = make_filter(&col, &t->qd.f, key, sizeof key);
+    rv_subs_snapshot_t snap;
+    assert_int_equal(rv_subs_subscribe(cc.s, t->qd.vec, t->qd.k, 0, f, key, t, &t->c.sub, &snap, errstr, sizeof errstr),
+                     RV_OK);
+    client_snapshot(&t->c, &snap);
+    rv_hit_list_close(&snap.hits);
+    t->ready = t->live = 1;
+  }
+
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, subscriber_thread, &cc), 0);
+  int64_t offset = 0;
+  rv_change_t chg[8];
+  const rv_change_t *ptrs[8];
+  for (int b = 0; b < 5000 && (b < 200 || !cc.done); b++) { /* bounded: ~1 s at most */
+    int n = 1 + (int)(next(&seed) % 8);
+    for (int j = 0; j < n; j++) {
+      int i = (int)(next(&seed) % NIDS);
+      rv_change_init(&chg[j]);
+      chg[j].id = m.ids[i];
+      chg[j].src_offset = offset++;
+      if (m.live[i] && next(&seed) % 10 < 3) {
+        chg[j].op = RV_OP_DELETE;
+        m.live[i] = 0;
+      } else {
+        set_item(&m, i, &seed, 0);
+        m.live[i] = 1;
+        chg[j].op = RV_OP_UPSERT;
+        chg[j].vector = m.vec[i];
+        chg[j].dim = DIM;
+        chg[j].attributes = m.meta[i];
+      }
+      assert_int_equal(rv_replica_apply(m.replica, &chg[j]), RV_OK);
+      ptrs[j] = &chg[j];
+    }
+    rv_replica_applied_t batch = {ptrs, n, (uint64_t)b + 1};
+    rv_subs_on_applied(cc.s, &batch);
+    struct timespec ts = {0, 200000};
+    nanosleep(&ts, NULL);
+  }
+  pthread_join(th, NULL);
+  if (cc.err) fail_msg("%s", cc.err);
+  int checked = 0, pended = 0;
+  for (int i = 0; i < NT + 4; i++) {
+    tclient_t *t = i < NT ? &cc.tc[i] : &mains[i - NT];
+    pended += t->pended;
+    if (t->err) fail_msg("client %d: %s", i, t->err);
+    if (t->live) {
+      assert_true(t->ready);
+      check_client(&m, &t->c, &t->qd);
+      checked++;
+    }
+    client_clear(&t->c);
+    free(t->pend);
+    pthread_mutex_destroy(&t->mu);
+  }
+  rv_subs_stats_t st;
+  rv_subs_stats(cc.s, &st);
+  print_message("concurrent: %d clients checked (%d updates came before their snapshot), %llu queries, %llu updates, "
+                "%llu delivered\n", checked, pended,
+                (unsigned long long)st.queries, (unsigned long long)st.updates, (unsigned long long)st.delivered);
+  assert_true(checked >= NT / 2);
+  rv_subs_destroy(cc.s);
+  rv_replica_destroy(m.replica);
+  rv_attrs_destroy(m.attrs);
+  g_jitter = 0;
+}
+
 static void test_bad_arguments(void **state) {
   (void)state;
   model_t m = {0};
@@ -607,6 +853,7 @@ int main(void) {
       cmocka_unit_test(test_stream_l2_scalar),
       cmocka_unit_test(test_stream_ip),
       cmocka_unit_test(test_stream_replica),
+      cmocka_unit_test(test_concurrent_subscribe),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
