@@ -650,7 +650,11 @@ static void make_orig(const rv_subs_t *s, float *dst, const float *v) {
 static void tail_norms(const rv_subs_t *s, const float *row, float *tn) {
   double acc = 0;
   for (size_t b = s->nb; b-- > 0;) {
-    for (size_t i = 0; i < RV_SUBS_BLOCK; i++) acc += (double)row[b * RV_SUBS_BLOCK + i] * row[b * RV_SUBS_BLOCK + i];
+    const float *r = row + b * RV_SUBS_BLOCK;
+    double a[4] = {0, 0, 0, 0}; /* four chains: a single one is bound by add latency */
+    for (size_t i = 0; i < RV_SUBS_BLOCK; i += 4)
+      for (int u = 0; u < 4; u++) a[u] += (double)r[i + u] * r[i + u];
+    acc += (a[0] + a[1]) + (a[2] + a[3]);
     tn[b] = (float)sqrt(acc);
   }
 }
@@ -1139,7 +1143,7 @@ void rv_subs_on_applied(void *ctx, const rv_replica_applied_t *batch) {
    * query made in one pass over the queries (the threshold-free part); then
    * each change is evaluated in order against the thresholds as they stand. */
   size_t len = s->nb * RV_SUBS_BLOCK;
-  for (int i = 0; i < batch->n;) {
+  for (int i = 0; i < batch->n && s->n_q;) { /* no query: nothing to do */
     int slot[CHUNK * 4], m = 0, end = i;
     for (; end < batch->n && m < CHUNK && end - i < CHUNK * 4; end++) {
       const rv_change_t *c = batch->changes[end];

@@ -3,7 +3,9 @@
  * slow the apply rate by at most 10%). Fashion-MNIST (dim 784) when
  * /usr/share/datasets/fashion-mnist/ is there, else random vectors.
  *
- *   bench_subs [--subs 1000] [--base 5000] [--changes 3000] [--batch 64] [--filtered 10] [--random] [--scalar]
+ *   bench_subs [--subs 1000] [--distinct N] [--base 5000] [--changes 3000] [--batch 64] [--filtered 10]
+ *              [--random] [--scalar]
+ * --distinct N: subscriber i asks query i % N (identical subscriptions share one evaluation).
  *
  * One replica, fed with rv_replica_apply in batches; after each batch the
  * batch goes to rv_subs_on_applied, as the applier's hook would. Both are
@@ -26,6 +28,13 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts); /* CPU time: other processes share the cores */
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* A fixed pseudo-random value per query (whether it is filtered). */
+static uint64_t mix_index(int i) {
+  uint64_t z = (uint64_t)i * 0x9e3779b97f4a7c15ULL + 1;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  return z ^ (z >> 31);
 }
 
 static uint64_t next(uint64_t *s) {
@@ -115,9 +124,10 @@ static void deliver(void *ctx, uint64_t sub, void *user, const rv_subs_update_t 
 }
 
 int main(int argc, char **argv) {
-  int n_subs = 1000, base = 5000, changes = 3000, batch = 64, filtered_pct = 10, random = 0, scalar = 0;
+  int n_subs = 1000, distinct = 0, base = 5000, changes = 3000, batch = 64, filtered_pct = 10, random = 0, scalar = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--subs") && i + 1 < argc) n_subs = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--distinct") && i + 1 < argc) distinct = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--base") && i + 1 < argc) base = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--changes") && i + 1 < argc) changes = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
@@ -125,11 +135,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--random")) random = 1;
     else if (!strcmp(argv[i], "--scalar")) scalar = 1;
     else {
-      fprintf(stderr, "usage: %s [--subs N] [--base N] [--changes N] [--batch N] [--filtered PCT] [--random] [--scalar]\n",
+      fprintf(stderr, "usage: %s [--subs N] [--distinct N] [--base N] [--changes N] [--batch N] [--filtered PCT] [--random] [--scalar]\n",
               argv[0]);
       return 2;
     }
   }
+  if (distinct <= 0 || distinct > n_subs) distinct = n_subs;
   if (n_subs < 0 || base < 1 || changes < 1 || batch < 1 || batch > 512) {
     fprintf(stderr, "bad arguments\n");
     return 2;
@@ -186,15 +197,16 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n_subs; i++) {
     rv_filter_t *f = NULL;
     char key[64] = "";
-    if ((int)(next(&seed) % 100) < filtered_pct) {
+    int qi = i % (distinct ? distinct : 1);
+    if ((int)(mix_index(qi) % 100) < filtered_pct) {
       f = rv_replica_filter_new(r);
-      double lab = d.test_label[i];
+      double lab = d.test_label[qi];
       rv_filter_range(f, "label", RV_BOUND_INCL, lab, RV_BOUND_INCL, lab, errstr, sizeof errstr);
-      snprintf(key, sizeof key, "{\"label\":{\"eq\":%d}}", d.test_label[i]);
+      snprintf(key, sizeof key, "{\"label\":{\"eq\":%d}}", d.test_label[qi]);
     }
     uint64_t id;
     rv_subs_snapshot_t snap;
-    if (rv_subs_subscribe(s, d.test + (size_t)i * DIM, 10, 64, f, key, NULL, &id, &snap, errstr, sizeof errstr)) {
+    if (rv_subs_subscribe(s, d.test + (size_t)qi * DIM, 10, 64, f, key, NULL, &id, &snap, errstr, sizeof errstr)) {
       fprintf(stderr, "subscribe: %s\n", errstr);
       return 1;
     }
