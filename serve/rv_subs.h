@@ -14,10 +14,12 @@
  * id in byte order), and whether no other matching vector exists. For each
  * applied change, in order:
  *   - an upsert costs one distance per distinct query (a SIMD kernel over the
- *     queries' vectors, one change vector against many queries, giving up
- *     early on l2 once a partial sum passes a query's threshold); only when it
- *     is within the last candidate's distance (or the id is a candidate) is
- *     the query's filter evaluated on the change's metadata and the candidate
+ *     queries' rows, one change vector against many queries; under l2 the
+ *     rows are Haar transforms, coarse coefficients first, so a lower bound
+ *     from the first block rules most queries out, and the few that pass get
+ *     the exact distance between the original vectors); only when it is
+ *     within the last candidate's distance (or the id is a candidate) is the
+ *     query's filter evaluated on the change's metadata and the candidate
  *     list edited;
  *   - a delete, or an upsert that moves a candidate out (farther, or no
  *     longer matching the filter), removes it; only when fewer than k
