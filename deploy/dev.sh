@@ -120,10 +120,11 @@ case "${1:-}" in
   bench)
     deps
     build
-    cmake --build build --target bench_kernels bench_ingest
+    cmake --build build --target bench_kernels bench_ingest bench_subs
     ./build/tests/bench/bench_kernels
     /usr/bin/python3 tests/bench/bench_hnsw.py --ruvector build/ruvector --out build/bench
-    ./build/tests/bench/bench_ingest ;;
+    ./build/tests/bench/bench_ingest
+    ./build/tests/bench/bench_subs ;;
   deps) deps ;;
   build) deps; build ;;
   *)
