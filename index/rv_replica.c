@@ -1798,7 +1798,7 @@ static rv_err_t add_parts(applier_t *a, int from, int n) {
     free(pidx);
     return RV_ERR_NOMEM;
   }
-  memcpy(np, r->parts, (size_t)r->n_parts * sizeof *np);
+  if (r->n_parts) memcpy(np, r->parts, (size_t)r->n_parts * sizeof *np); /* parts is NULL before the first */
   for (int p = 0; p < n; p++) pidx[p] = p < a->n_pidx ? a->pidx[p] : -1;
   int m = r->n_parts;
   for (int p = from; p < n; p++) {
