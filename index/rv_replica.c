@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "rv_attrs.h"
 #include "rv_buf.h"
@@ -41,6 +42,8 @@
 #define WATERMARK_TIMEOUT_MS 5000 /* asking the brokers for a partition's end offset */
 #define QUANTIZER_RETRY_MS 1000   /* after a failed store.quantizer call */
 #define GAP_CONFIRM_MS 2000       /* a high watermark below the next offset this long is a reset */
+#define LOAD_THREADS_MAX 8        /* store bootstrap: insert threads at most (conf.load_threads <= 0: online CPUs) */
+#define LOAD_QUEUE_PER_THREAD 32  /* store bootstrap: rows queued per insert thread before load_put blocks */
 
 #define NO_SLOT UINT32_MAX
 
@@ -168,6 +171,46 @@ struct rv_replica {
   rv_codec_t *codec; /* used by the applier thread only */
 };
 
+/* One row handed to the insert threads. id and metadata are its version
+ * entry's strings (freed only when the state or the load is); vec and code
+ * point into the pool's arenas. */
+typedef struct load_job {
+  const char *id;
+  uint64_t hash;
+  const char *metadata;
+  const float *vec;    /* NULL: a code-only row */
+  const uint8_t *code; /* NULL: insert from vec (no stored code) */
+} load_job_t;
+
+/* The insert threads of a store bootstrap (see rv_replica_load_put). The
+ * caller (the loader, on the applier thread) makes each row's version entry
+ * (slot NO_SLOT) and queues the row; a thread inserts it into the graph and
+ * the attribute store, in parallel with the others (rv_hnsw.h: parallel
+ * build = several threads calling upsert), then fills in the entry's slot
+ * under map_mu. Every other use of the fresh state (a duplicate id, a
+ * quantizer install, own SQ8 training) first waits for the queue to drain
+ * and runs on the caller's thread, as a sequential load would. */
+typedef struct load_pool {
+  int n_threads;         /* wanted; 1: no pool, rows are applied on the caller's thread */
+  int started;           /* threads running */
+  int used;              /* threads the load started (for the log) */
+  pthread_t threads[LOAD_THREADS_MAX];
+  pthread_mutex_t mu;    /* everything below but map_mu's charge */
+  pthread_cond_t work_cv, room_cv, idle_cv;
+  int cap;               /* job slots */
+  load_job_t *jobs;
+  float *vecs;           /* cap * dim */
+  uint8_t *codes;        /* cap * dim */
+  int *queue, q_head, q_n; /* ring of job indexes to insert */
+  int *free_ix, n_free;  /* stack of idle job indexes */
+  int busy;              /* jobs being inserted */
+  int stop;
+  rv_err_t err;          /* RV_ERR_NOMEM once an insert ran out of memory: the load fails */
+  uint64_t refused;      /* rows an insert thread refused (their entries are dropped) */
+  char first_refused[160];
+  pthread_mutex_t map_mu; /* the fresh state's versions map, while threads run */
+} load_pool_t;
+
 struct rv_replica_load {
   rv_replica_t *r;
   state_t st;              /* the fresh state being filled */
@@ -177,6 +220,7 @@ struct rv_replica_load {
   rv_source_position_t *pos;
   int n_pos;
   uint64_t puts, skipped;
+  load_pool_t pool;
 };
 
 static version_t *versions_find(const versions_t *v, const char *id, uint64_t h) {
@@ -652,8 +696,12 @@ static rv_err_t install_params(rv_replica_t *r, state_t *s, int live, int32_t qv
  * fetch it from the store (newer versions only; one quantizer per collection,
  * so this is the first code seen, or ingest retrained). Failures are logged
  * and the change is applied from its float vector. */
+static int wants_quantizer(const state_t *s, int32_t qver) {
+  return qver > 0 && qver > s->qver && qver != s->q_missing && rv_mono_ms() >= s->q_retry_at;
+}
+
 static void maybe_install_stored(rv_replica_t *r, state_t *s, int live, int32_t qver) {
-  if (qver <= 0 || qver <= s->qver || qver == s->q_missing || rv_mono_ms() < s->q_retry_at) return;
+  if (!wants_quantizer(s, qver)) return;
   void *params = NULL;
   size_t len = 0;
   char errstr[256] = "";
@@ -1257,12 +1305,278 @@ rv_err_t rv_replica_load_mark_end(rv_replica_load_t *l, char *errstr, size_t err
   return RV_OK;
 }
 
+/* ---- the insert threads of a store load (load_pool_t) ---------------------- */
+
+/* conf.load_threads resolved: <= 0 is the online CPUs; at most LOAD_THREADS_MAX. */
+static int load_threads_wanted(const rv_replica_conf_t *c) {
+  long n = c->load_threads;
+  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1) n = 1;
+  return n > LOAD_THREADS_MAX ? LOAD_THREADS_MAX : (int)n;
+}
+
+/* Inserts one queued row into the fresh state. An insert thread. */
+static void load_insert(rv_replica_load_t *l, const load_job_t *j) {
+  rv_replica_t *r = l->r;
+  state_t *s = &l->st;
+  load_pool_t *p = &l->pool;
+  int dim = r->conf.collection.dim;
+  uint32_t iid = NO_SLOT;
+  rv_err_t err = j->code ? rv_hnsw_upsert_sq8(s->hnsw, j->id, j->vec, dim, j->code, (size_t)dim, &iid)
+                         : rv_hnsw_upsert(s->hnsw, j->id, j->vec, dim, &iid);
+  if (!err) {
+    uint32_t iid_version = rv_hnsw_version(s->hnsw, iid); /* stable: no slot is reused while threads insert */
+    parsed_attrs_t pa;
+    parse_attrs(&r->conf.collection, j->metadata, &pa);
+    set_attrs(r, s->attrs, iid, j->id, &pa);
+    parsed_attrs_close(&pa);
+    pthread_mutex_lock(&p->map_mu);
+    version_t *v = versions_find(&s->versions, j->id, j->hash); /* made by load_queue; only it adds entries */
+    if (v) {
+      v->slot = iid;
+      v->slot_version = iid_version;
+    }
+    pthread_mutex_unlock(&p->map_mu);
+    atomic_fetch_add(&r->applied, 1);
+    return;
+  }
+  /* The entry keeps slot NO_SLOT: pool_drain drops it, as if never put. */
+  pthread_mutex_lock(&p->mu);
+  if (err == RV_ERR_NOMEM) {
+    p->err = RV_ERR_NOMEM;
+  } else if (!p->refused++) {
+    snprintf(p->first_refused, sizeof p->first_refused, "id %.100s: %s", j->id, rv_err_str(err));
+  }
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void *load_main(void *arg) {
+  rv_replica_load_t *l = arg;
+  load_pool_t *p = &l->pool;
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->q_n && !p->stop) pthread_cond_wait(&p->work_cv, &p->mu);
+    if (p->stop) break; /* pool_stop: after pool_drain, or the load is abandoned */
+    int ix = p->queue[p->q_head];
+    p->q_head = (p->q_head + 1) % p->cap;
+    p->q_n--;
+    p->busy++;
+    pthread_mutex_unlock(&p->mu);
+    load_insert(l, &p->jobs[ix]);
+    pthread_mutex_lock(&p->mu);
+    p->busy--;
+    p->free_ix[p->n_free++] = ix;
+    pthread_cond_signal(&p->room_cv);
+    if (!p->q_n && !p->busy) pthread_cond_broadcast(&p->idle_cv);
+  }
+  pthread_mutex_unlock(&p->mu);
+  return NULL;
+}
+
+/* Starts the insert threads (first put). RV_ERR_NOMEM; if no thread can be
+ * started the load goes on on the caller's thread (p->started 0). */
+static rv_err_t pool_start(rv_replica_load_t *l) {
+  load_pool_t *p = &l->pool;
+  size_t dim = (size_t)l->r->conf.collection.dim;
+  int cap = LOAD_QUEUE_PER_THREAD * p->n_threads;
+  p->jobs = calloc((size_t)cap, sizeof *p->jobs);
+  p->vecs = malloc((size_t)cap * dim * sizeof *p->vecs);
+  p->codes = malloc((size_t)cap * dim);
+  p->queue = malloc((size_t)cap * sizeof *p->queue);
+  p->free_ix = malloc((size_t)cap * sizeof *p->free_ix);
+  if (!p->jobs || !p->vecs || !p->codes || !p->queue || !p->free_ix) {
+    free(p->jobs);
+    free(p->vecs);
+    free(p->codes);
+    free(p->queue);
+    free(p->free_ix);
+    p->jobs = NULL;
+    p->vecs = NULL;
+    p->codes = NULL;
+    p->queue = NULL;
+    p->free_ix = NULL;
+    return RV_ERR_NOMEM;
+  }
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_mutex_init(&p->map_mu, NULL);
+  pthread_cond_init(&p->work_cv, NULL);
+  pthread_cond_init(&p->room_cv, NULL);
+  pthread_cond_init(&p->idle_cv, NULL);
+  p->cap = cap;
+  for (int i = 0; i < cap; i++) p->free_ix[i] = cap - 1 - i;
+  p->n_free = cap;
+  for (int i = 0; i < p->n_threads; i++) {
+    if (pthread_create(&p->threads[i], NULL, load_main, l)) break;
+    p->started++;
+  }
+  p->used = p->started;
+  if (!p->started)
+    rv_warn(LOG, "%s/%s: no insert thread could be started: loading on one thread", l->r->conf.collection.name,
+            l->r->conf.region);
+  return RV_OK;
+}
+
+static int pending_entry(const version_t *e) { return e->slot == NO_SLOT && e->deleted_at == 0; }
+static int not_pending(void *ctx, const version_t *e) {
+  (void)ctx;
+  return !pending_entry(e);
+}
+
+/* Waits until every queued row is inserted, then drops the version entries
+ * of rows the threads could not insert. Afterwards the fresh state is the
+ * caller's alone until it queues again. Returns RV_ERR_NOMEM if an insert
+ * (or this) ran out of memory: the load fails. Caller's thread. */
+static rv_err_t pool_drain(rv_replica_load_t *l) {
+  load_pool_t *p = &l->pool;
+  if (!p->started) return RV_OK;
+  pthread_mutex_lock(&p->mu);
+  while (p->q_n || p->busy) pthread_cond_wait(&p->idle_cv, &p->mu);
+  rv_err_t err = p->err;
+  int failed = p->err || p->refused;
+  pthread_mutex_unlock(&p->mu);
+  if (!failed) return RV_OK;
+  /* A load makes no tombstones, so every entry with no slot is a row that failed. */
+  versions_t *v = &l->st.versions, kept;
+  size_t n_pending = 0;
+  for (size_t i = 0; i < v->cap; i++)
+    if (v->slots[i].id && pending_entry(&v->slots[i])) n_pending++;
+  if (!n_pending) return err;
+  if (versions_copy(v, v->cap, not_pending, NULL, &kept)) return RV_ERR_NOMEM;
+  for (size_t i = 0; i < v->cap; i++) {
+    if (!v->slots[i].id || !pending_entry(&v->slots[i])) continue;
+    free(v->slots[i].id);
+    free(v->slots[i].metadata);
+  }
+  free(v->slots);
+  *v = kept;
+  l->puts -= n_pending;
+  return err;
+}
+
+/* Stops and joins the insert threads (queued rows are abandoned: call
+ * pool_drain first to finish them) and frees the pool. Idempotent. */
+static void pool_stop(rv_replica_load_t *l) {
+  load_pool_t *p = &l->pool;
+  if (!p->cap) return;
+  pthread_mutex_lock(&p->mu);
+  p->stop = 1;
+  pthread_cond_broadcast(&p->work_cv);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->started; i++) pthread_join(p->threads[i], NULL);
+  p->started = 0;
+  pthread_mutex_destroy(&p->mu);
+  pthread_mutex_destroy(&p->map_mu);
+  pthread_cond_destroy(&p->work_cv);
+  pthread_cond_destroy(&p->room_cv);
+  pthread_cond_destroy(&p->idle_cv);
+  free(p->jobs);
+  free(p->vecs);
+  free(p->codes);
+  free(p->queue);
+  free(p->free_ix);
+  p->jobs = NULL;
+  p->vecs = NULL;
+  p->codes = NULL;
+  p->queue = NULL;
+  p->free_ix = NULL;
+  p->cap = 0;
+}
+
+/* rv_hnsw_upsert's refusals of a float vector (non-finite, zero under
+ * cosine), checked here so that they are reported by load_put as before. */
+static int loadable_vector(const float *v, int dim, rv_metric_t metric) {
+  double nn = 0;
+  for (int i = 0; i < dim; i++) {
+    if (!isfinite(v[i])) return 0;
+    nn += (double)v[i] * v[i];
+  }
+  return metric != RV_METRIC_COSINE || (nn > 0 && isfinite(nn));
+}
+
+/* Hands c to the insert threads (*queued 1), blocking while the queue is
+ * full; or leaves it to the caller's thread (*queued 0) when it needs what a
+ * sequential load does there: a repeated id, a quantizer to install, own
+ * SQ8 training pending. Caller's thread, after check_change. */
+static rv_err_t load_queue(rv_replica_load_t *l, const rv_change_t *c, int *queued) {
+  rv_replica_t *r = l->r;
+  state_t *s = &l->st;
+  load_pool_t *p = &l->pool;
+  int dim = r->conf.collection.dim;
+  *queued = 0;
+  pthread_mutex_lock(&p->mu);
+  rv_err_t err = p->err;
+  pthread_mutex_unlock(&p->mu);
+  if (err) return err;
+  int has_code = c->sq8_code && c->sq8_len == dim && c->sq8_version > 0;
+  if (s->sq8_pending || (has_code && stored_quantizer(&r->conf) && wants_quantizer(s, c->sq8_version)))
+    return RV_OK;
+  int use_code = has_code && s->qver && c->sq8_version == s->qver;
+  if (!c->vector && !use_code) return RV_ERR_INVALID; /* a code without its quantizer */
+  if (strnlen(c->id, RV_ID_MAX + 1) > RV_ID_MAX) return RV_ERR_INVALID;
+  if (c->vector && !loadable_vector(c->vector, dim, r->conf.collection.metric)) return RV_ERR_INVALID;
+  uint64_t h = rv__hash_id(c->id);
+  pthread_mutex_lock(&p->map_mu);
+  version_t *v = versions_find(&s->versions, c->id, h);
+  pthread_mutex_unlock(&p->map_mu);
+  if (v) return RV_OK; /* the id again: its version decides, after the queued rows */
+
+  char *id_copy = strdup(c->id), *meta_copy = c->attributes ? strdup(c->attributes) : NULL;
+  if (!id_copy || (c->attributes && !meta_copy)) {
+    free(id_copy);
+    free(meta_copy);
+    return RV_ERR_NOMEM;
+  }
+  pthread_mutex_lock(&p->mu);
+  while (!p->n_free) pthread_cond_wait(&p->room_cv, &p->mu);
+  int ix = p->free_ix[--p->n_free];
+  pthread_mutex_unlock(&p->mu);
+  pthread_mutex_lock(&p->map_mu);
+  err = versions_reserve(&s->versions);
+  if (!err) {
+    v = versions_put(&s->versions, id_copy, h); /* slot NO_SLOT until the insert fills it in */
+    v->partition = c->src_partition;
+    v->offset = c->src_offset;
+    v->metadata = meta_copy;
+    v->deleted_at = 0;
+  }
+  pthread_mutex_unlock(&p->map_mu);
+  if (err) {
+    free(id_copy);
+    free(meta_copy);
+    pthread_mutex_lock(&p->mu);
+    p->free_ix[p->n_free++] = ix;
+    pthread_mutex_unlock(&p->mu);
+    return err;
+  }
+  load_job_t *j = &p->jobs[ix];
+  *j = (load_job_t){.id = id_copy, .hash = h, .metadata = meta_copy};
+  if (c->vector) {
+    float *vec = p->vecs + (size_t)ix * (size_t)dim;
+    memcpy(vec, c->vector, (size_t)dim * sizeof *vec);
+    j->vec = vec;
+  }
+  if (use_code) {
+    uint8_t *code = p->codes + (size_t)ix * (size_t)dim;
+    memcpy(code, c->sq8_code, (size_t)dim);
+    j->code = code;
+  }
+  pthread_mutex_lock(&p->mu);
+  p->queue[(p->q_head + p->q_n) % p->cap] = ix;
+  p->q_n++;
+  pthread_cond_signal(&p->work_cv);
+  pthread_mutex_unlock(&p->mu);
+  *queued = 1;
+  return RV_OK;
+}
+
 rv_err_t rv_replica_load_quantizer(rv_replica_load_t *l, int32_t version, const void *params, size_t len,
                                    char *errstr, size_t errstr_size) {
   if (!l || !params || version <= 0)
     return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "load_quantizer: bad arguments");
   if (!stored_quantizer(&l->r->conf)) return RV_OK; /* float storage, or cosine (see stored_quantizer) */
   if (version == l->st.qver) return RV_OK;
+  rv_err_t err = pool_drain(l); /* the rebuild reads every row put so far */
+  if (err) return rv_errf(err, errstr, errstr_size, "inserting the loaded rows: %s", rv_err_str(err));
   return install_params(l->r, &l->st, 0, version, params, len, errstr, errstr_size);
 }
 
@@ -1284,12 +1598,23 @@ rv_err_t rv_replica_load_put(rv_replica_load_t *l, const rv_change_t *c) {
     l->skipped++;
     return RV_OK;
   }
+  if (l->pool.n_threads > 1 && !l->pool.cap && (err = pool_start(l))) return err;
+  if (l->pool.started) {
+    int queued = 0;
+    err = load_queue(l, c, &queued);
+    if (err || queued) {
+      if (!err) l->puts++;
+      return err;
+    }
+    if ((err = pool_drain(l))) return err; /* then as a sequential load does */
+  }
   err = apply_to(l->r, &l->st, c, 0, NULL);
   if (!err) l->puts++;
   return err;
 }
 
 static void load_close(rv_replica_load_t *l) {
+  pool_stop(l);
   state_close(&l->st);
   free(l->end);
   free(l->pos);
@@ -1304,9 +1629,15 @@ static rv_err_t boot_from_store(rv_replica_t *r) {
   const rv_replica_conf_t *c = &r->conf;
   char errstr[512] = "";
   int64_t t0 = rv_mono_ms();
-  rv_replica_load_t l = {.r = r};
+  rv_replica_load_t l = {.r = r, .pool = {.n_threads = load_threads_wanted(c)}};
   rv_err_t err = state_init(c, &l.st, errstr, sizeof errstr);
   if (!err) err = c->store.load(c->store.ctx, &l, errstr, sizeof errstr);
+  if (!err && (err = pool_drain(&l))) /* every insert finished before the swap */
+    rv_errf(err, errstr, sizeof errstr, "inserting the loaded rows: %s", rv_err_str(err));
+  pool_stop(&l);
+  if (l.pool.refused)
+    rv_warn(LOG, "%s/%s: %llu loaded rows refused by the index (first: %s)", c->collection.name, c->region,
+            (unsigned long long)l.pool.refused, l.pool.first_refused);
   if (!err && !l.marked && r->rk)
     err = rv_errf(RV_ERR_STATE, errstr, sizeof errstr, "the loader did not mark the changelog end offsets");
   if (err == RV_ERR_NOT_FOUND) {
@@ -1323,8 +1654,10 @@ static rv_err_t boot_from_store(rv_replica_t *r) {
     set_base(r, l.pos, l.n_pos, 1);
     atomic_store(&r->boot, RV_BOOT_STORE);
     atomic_store(&r->boot_ms, rv_mono_ms() - t0);
-    rv_info(LOG, "%s/%s: loaded %llu rows from the store in %lld ms (%llu of other shards skipped)%s",
+    rv_info(LOG, "%s/%s: loaded %llu rows from the store in %lld ms on %d insert thread%s (%llu of other shards "
+            "skipped)%s",
             c->collection.name, c->region, (unsigned long long)l.puts, (long long)(rv_mono_ms() - t0),
+            l.pool.used > 1 ? l.pool.used : 1, l.pool.used > 1 ? "s" : "",
             (unsigned long long)l.skipped, r->rk ? "; catching up from the end offsets marked" : "");
   }
   load_close(&l);

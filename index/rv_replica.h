@@ -142,7 +142,13 @@ rv_err_t rv_replica_load_positions(rv_replica_load_t *l, const rv_source_positio
  * and the float vector and/or the SQ8 code (a row with only a code is
  * decoded with the loaded quantizer for re-ranking). A row whose id belongs
  * to another shard is skipped (RV_OK). RV_ERR_INVALID, RV_ERR_DIM,
- * RV_ERR_NOMEM as rv_replica_apply. */
+ * RV_ERR_NOMEM as rv_replica_apply. c is copied: valid for the call only.
+ * With conf.load_threads > 1 the row is checked here and queued to the
+ * insert threads (a bounded queue: blocks while it is full), which build the
+ * fresh graph in parallel; the result is that of a sequential load (ids,
+ * versions, stored codes, metadata, attributes), all inserts finish before
+ * the state is swapped in, and an insert that runs out of memory fails the
+ * load (this or a later put returns RV_ERR_NOMEM, or the bootstrap fails). */
 rv_err_t rv_replica_load_put(rv_replica_load_t *l, const rv_change_t *c);
 
 typedef struct rv_replica_conf {
@@ -162,6 +168,9 @@ typedef struct rv_replica_conf {
   int tombstone_ms;                  /* a deleted id's version entry is dropped this long after the delete
                                         was applied; <= 0: 60000 */
   rv_replica_store_t store;          /* bootstrap and quantizer source; zeroed: replay, own training */
+  int load_threads;                  /* bootstrap from the store: threads inserting the loaded rows into the
+                                        fresh state's graph in parallel; <= 0: the online CPUs, at most 8;
+                                        1: on the loader's thread (see rv_replica_load_put) */
 } rv_replica_conf_t;
 
 /* Where a replica's state came from. */

@@ -556,6 +556,265 @@ static void test_swaps_under_searches(void **state) {
   rv_replica_destroy(x.r);
 }
 
+/* ---- a parallel load gives what a sequential one does ----------------------
+ * A few thousand rows (small dim) through the sink with the insert threads
+ * (load_threads 4, more than this machine's cores) and on the loader's
+ * thread (load_threads 1): the same live ids and versions, the same codes
+ * (the stored ones byte for byte), and exact k-NN results (ef = every row)
+ * equal to a brute force over the rows, with their metadata, unfiltered and
+ * filtered on an attribute. The load also repeats an id (newer, then older
+ * version) and carries rows the replica refuses, reported by the put as a
+ * sequential load does. Run under TSan too. */
+#define BIG_ROWS 3000
+#define BIG_QUERIES 40
+
+typedef struct big_store {
+  int n;
+  char (*ids)[16];
+  float (*vecs)[DIM];
+  uint8_t (*codes)[DIM];
+  char (*meta)[48];
+  int with_codes;
+  uint8_t *qparams;
+  size_t qlen;
+  float again[DIM]; /* row 5's newer vector */
+  int bad_results[3];
+} big_store_t;
+
+static int big_code_only(int i) { return i % 10 == 7; }
+
+static rv_err_t big_put(rv_replica_load_t *l, const big_store_t *b, int i, const char *id, const float *vec,
+                        int64_t off, const char *meta) {
+  rv_change_t c;
+  rv_change_init(&c);
+  c.id = (char *)id;
+  c.op = RV_OP_UPSERT;
+  c.src_partition = i % 3;
+  c.src_offset = off;
+  c.vector = (float *)vec;
+  c.dim = vec ? DIM : 0;
+  if (b->with_codes && i >= 0) {
+    c.sq8_code = b->codes[i];
+    c.sq8_len = DIM;
+    c.sq8_version = 1;
+  }
+  c.attributes = (char *)meta;
+  return rv_replica_load_put(l, &c);
+}
+
+static rv_err_t big_load(void *ctx, rv_replica_load_t *l, char *errstr, size_t errstr_size) {
+  big_store_t *b = ctx;
+  assert_int_equal(rv_replica_load_mark_end(l, errstr, errstr_size), RV_OK);
+  if (b->with_codes) assert_int_equal(rv_replica_load_quantizer(l, 1, b->qparams, b->qlen, errstr, errstr_size), RV_OK);
+  for (int i = 0; i < b->n; i++) {
+    const float *vec = b->with_codes && big_code_only(i) ? NULL : b->vecs[i];
+    assert_int_equal(big_put(l, b, i, b->ids[i], vec, 1000 + i, b->meta[i]), RV_OK);
+    if (i == 2000) { /* row 5 again: a newer version replaces it, an older one is ignored */
+      assert_int_equal(big_put(l, b, -1, b->ids[5], b->again, 5000, "{\"grp\":\"g3\",\"n\":-5}"), RV_OK);
+      assert_int_equal(big_put(l, b, -1, b->ids[5], b->vecs[6], 10, "{\"grp\":\"g0\"}"), RV_OK);
+    }
+    if (i == 1500) { /* refused, as a sequential load refuses them */
+      float nan_vec[DIM] = {0};
+      nan_vec[2] = NAN;
+      char long_id[RV_ID_MAX + 8];
+      memset(long_id, 'x', sizeof long_id - 1);
+      long_id[sizeof long_id - 1] = '\0';
+      b->bad_results[0] = big_put(l, b, -1, "nan-row", nan_vec, 1, NULL);
+      b->bad_results[1] = big_put(l, b, -1, long_id, b->vecs[0], 1, NULL);
+      rv_change_t c;
+      rv_change_init(&c);
+      c.id = "short-row";
+      c.op = RV_OP_UPSERT;
+      c.vector = b->vecs[0];
+      c.dim = DIM - 1;
+      b->bad_results[2] = rv_replica_load_put(l, &c);
+    }
+  }
+  return RV_OK;
+}
+
+static rv_replica_t *big_replica(big_store_t *b, int threads) {
+  rv_replica_conf_t conf = {0};
+  snprintf(conf.region, sizeof conf.region, "test-region");
+  snprintf(conf.collection.name, sizeof conf.collection.name, "docs");
+  conf.collection.dim = DIM;
+  conf.collection.metric = RV_METRIC_L2;
+  conf.collection.fields[0] = (rv_field_conf_t){"grp", RV_FIELD_KEYWORD};
+  conf.collection.fields[1] = (rv_field_conf_t){"n", RV_FIELD_NUMBER};
+  conf.collection.n_fields = 2;
+  conf.storage = b->with_codes ? RV_HNSW_SQ8 : RV_HNSW_FLOAT;
+  conf.load_threads = threads;
+  conf.store.load = big_load;
+  conf.store.quantizer = b->with_codes ? store_quantizer : NULL; /* not called: the load gives the quantizer */
+  conf.store.ctx = b;
+  char errstr[256] = "";
+  rv_replica_t *r = rv_replica_new(&conf, errstr, sizeof errstr);
+  if (!r) fail_msg("rv_replica_new: %s", errstr);
+  assert_int_equal(rv__replica_bootstrap(r), RV_OK);
+  assert_int_equal(b->bad_results[0], RV_ERR_INVALID);
+  assert_int_equal(b->bad_results[1], RV_ERR_INVALID);
+  assert_int_equal(b->bad_results[2], RV_ERR_DIM);
+  return r;
+}
+
+typedef struct live_row {
+  char id[16];
+  int32_t partition;
+  int64_t offset;
+} live_row_t;
+
+typedef struct live_list {
+  live_row_t rows[BIG_ROWS + 8];
+  int n;
+} live_list_t;
+
+static void collect_live(void *ctx, const char *id, int32_t partition, int64_t offset) {
+  live_list_t *l = ctx;
+  if (l->n >= BIG_ROWS + 8 || strlen(id) >= sizeof l->rows[0].id) fail_msg("unexpected live id '%.40s'", id);
+  live_row_t *row = &l->rows[l->n++];
+  snprintf(row->id, sizeof row->id, "%s", id);
+  row->partition = partition;
+  row->offset = offset;
+}
+
+static int live_cmp(const void *a, const void *b) { return strcmp(((const live_row_t *)a)->id, ((const live_row_t *)b)->id); }
+
+static void search_both(rv_replica_t *seq, rv_replica_t *par, const tu_item_t *items, size_t n, const float *q,
+                        const char *grp) {
+  rv_hit_list_t a = {0}, b = {0};
+  char errstr[256];
+  rv_filter_t *fa = rv_replica_filter_new(seq), *fb = rv_replica_filter_new(par);
+  assert_non_null(fa);
+  assert_non_null(fb);
+  if (grp) {
+    assert_int_equal(rv_filter_eq(fa, "grp", grp, errstr, sizeof errstr), RV_OK);
+    assert_int_equal(rv_filter_eq(fb, "grp", grp, errstr, sizeof errstr), RV_OK);
+  }
+  assert_int_equal(rv_replica_search_filtered(seq, q, DIM, 10, BIG_ROWS + 8, fa, &a, errstr, sizeof errstr), RV_OK);
+  assert_int_equal(rv_replica_search_filtered(par, q, DIM, 10, BIG_ROWS + 8, fb, &b, errstr, sizeof errstr), RV_OK);
+  tu_check_hits(&a, items, n, RV_METRIC_L2, q, DIM, 10);
+  tu_check_hits(&b, items, n, RV_METRIC_L2, q, DIM, 10);
+  assert_int_equal(a.n, b.n);
+  for (int i = 0; i < a.n; i++) {
+    assert_string_equal(a.hits[i].id, b.hits[i].id);
+    assert_true(a.hits[i].score == b.hits[i].score);
+  }
+  rv_filter_destroy(fa);
+  rv_filter_destroy(fb);
+  rv_hit_list_close(&a);
+  rv_hit_list_close(&b);
+}
+
+static void check_parallel_load(int with_codes) {
+  static big_store_t b;
+  memset(&b, 0, sizeof b);
+  b.n = BIG_ROWS;
+  b.ids = calloc(BIG_ROWS, sizeof *b.ids);
+  b.vecs = calloc(BIG_ROWS, sizeof *b.vecs);
+  b.codes = calloc(BIG_ROWS, sizeof *b.codes);
+  b.meta = calloc(BIG_ROWS, sizeof *b.meta);
+  assert_true(b.ids && b.vecs && b.codes && b.meta);
+  uint64_t seed = 1234 + (uint64_t)with_codes;
+  for (int i = 0; i < BIG_ROWS; i++) {
+    snprintf(b.ids[i], sizeof b.ids[i], "big-%04d", i);
+    tu_fill(&seed, b.vecs[i], DIM);
+    snprintf(b.meta[i], sizeof b.meta[i], "{\"grp\":\"g%d\",\"n\":%d}", i % 7, i);
+  }
+  tu_fill(&seed, b.again, DIM);
+  rv_sq8_t *q = NULL;
+  char errstr[256];
+  if (with_codes) {
+    assert_int_equal(rv_sq8_train(&b.vecs[0][0], BIG_ROWS, DIM, 0, 1, &q, errstr, sizeof errstr), RV_OK);
+    for (int i = 0; i < BIG_ROWS; i++) {
+      rv_sq8_encode(q, b.vecs[i], b.codes[i]);
+      if (i % 3 == 0) b.codes[i][1] ^= 0x33; /* unlike a re-encoding of the floats */
+    }
+    assert_int_equal(rv_sq8_serialize(q, &b.qparams, &b.qlen), RV_OK);
+    b.with_codes = 1;
+  }
+
+  rv_replica_t *seq = big_replica(&b, 1);
+  rv_replica_t *par = big_replica(&b, 4);
+
+  /* The rows as they should be live: row 5 replaced, code-only rows decoded. */
+  static float eff[BIG_ROWS][DIM];
+  static tu_item_t items[BIG_ROWS];
+  for (int i = 0; i < BIG_ROWS; i++) {
+    if (with_codes && big_code_only(i)) rv_sq8_decode(q, b.codes[i], eff[i]);
+    else memcpy(eff[i], b.vecs[i], sizeof eff[i]);
+    items[i] = (tu_item_t){b.ids[i], eff[i], b.meta[i]};
+  }
+  memcpy(eff[5], b.again, sizeof eff[5]);
+  items[5].meta = "{\"grp\":\"g3\",\"n\":-5}";
+
+  rv_replica_stats_t ss, ps;
+  rv_replica_stats(seq, &ss);
+  rv_replica_stats(par, &ps);
+  assert_int_equal(ss.count, BIG_ROWS);
+  assert_int_equal(ps.count, BIG_ROWS);
+  assert_int_equal(ps.quantized, ss.quantized);
+  assert_int_equal(ps.quantizer_version, with_codes ? 1 : 0);
+  assert_int_equal(ps.quantizer_version, ss.quantizer_version);
+  assert_int_equal(ps.tombstones, 0);
+
+  /* Live ids and their versions. */
+  static live_list_t ls, lp;
+  ls.n = lp.n = 0;
+  assert_int_equal(rv_replica_foreach_live(seq, collect_live, &ls), BIG_ROWS);
+  assert_int_equal(rv_replica_foreach_live(par, collect_live, &lp), BIG_ROWS);
+  qsort(ls.rows, (size_t)ls.n, sizeof ls.rows[0], live_cmp);
+  qsort(lp.rows, (size_t)lp.n, sizeof lp.rows[0], live_cmp);
+  for (int i = 0; i < BIG_ROWS; i++) {
+    assert_string_equal(lp.rows[i].id, b.ids[i]);
+    assert_int_equal(lp.rows[i].partition, i == 5 ? -1 : i % 3);
+    assert_int_equal(lp.rows[i].offset, i == 5 ? 5000 : 1000 + i);
+    assert_string_equal(ls.rows[i].id, lp.rows[i].id);
+    assert_int_equal(ls.rows[i].partition, lp.rows[i].partition);
+    assert_int_equal(ls.rows[i].offset, lp.rows[i].offset);
+  }
+
+  /* Codes: the stored ones byte for byte; row 5's newer row had none, so
+   * both encode its floats. */
+  if (with_codes) {
+    uint8_t cs[DIM], cp[DIM], want[DIM];
+    for (int i = 0; i < BIG_ROWS; i++) {
+      assert_int_equal(rv__replica_get_code(seq, b.ids[i], cs, sizeof cs), RV_OK);
+      assert_int_equal(rv__replica_get_code(par, b.ids[i], cp, sizeof cp), RV_OK);
+      assert_memory_equal(cs, cp, DIM);
+      if (i != 5) assert_memory_equal(cp, b.codes[i], DIM);
+    }
+    rv_sq8_encode(q, b.again, want);
+    assert_int_equal(rv__replica_get_code(par, b.ids[5], cp, sizeof cp), RV_OK);
+    assert_memory_equal(cp, want, DIM);
+  }
+
+  /* Exact searches (ef = every row) against brute force and each other,
+   * unfiltered and on the attribute (only the rows of that group). */
+  static tu_item_t g3[BIG_ROWS];
+  size_t n3 = 0;
+  for (int i = 0; i < BIG_ROWS; i++)
+    if (i == 5 || (i % 7 == 3)) g3[n3++] = items[i];
+  uint64_t qs = 77;
+  for (int t = 0; t < BIG_QUERIES; t++) {
+    float qv[DIM];
+    tu_fill(&qs, qv, DIM);
+    if (t == 0) memcpy(qv, b.again, sizeof qv); /* row 5's new vector is its own nearest */
+    search_both(seq, par, items, BIG_ROWS, qv, NULL);
+    search_both(seq, par, g3, n3, qv, "g3");
+  }
+  rv_replica_destroy(seq);
+  rv_replica_destroy(par);
+  rv_sq8_destroy(q);
+  free(b.qparams);
+  free(b.ids);
+  free(b.vecs);
+  free(b.codes);
+  free(b.meta);
+}
+
+static void test_parallel_load_float(void **state) { check_parallel_load(0); }
+static void test_parallel_load_sq8_codes(void **state) { check_parallel_load(1); }
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_load_from_store),
@@ -565,6 +824,8 @@ int main(void) {
       cmocka_unit_test(test_tombstones_swept),
       cmocka_unit_test(test_positions_in_snapshot),
       cmocka_unit_test(test_swaps_under_searches),
+      cmocka_unit_test(test_parallel_load_float),
+      cmocka_unit_test(test_parallel_load_sq8_codes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
