@@ -106,6 +106,10 @@ struct rv_ingest {
   rv_buf_t scratch;
   assigned_t *assigned;
   size_t n_assigned, cap_assigned;
+  /* Per source partition ever read: every offset below next was counted in consumed already (kept
+   * across rewinds and revocations, so a record read again counts once). */
+  struct counted { int32_t partition; int64_t next; } *counted;
+  size_t n_counted, cap_counted;
   int reseek; /* the batch was dropped: rewind the assignment to the stored offsets */
   int drain;  /* publish what the outbox holds for the assigned partitions before anything newer */
   int gave_up; /* stopping, and Kafka stayed away: publish no more, leave it all in the outbox */
@@ -391,12 +395,41 @@ static void check_gap(rv_ingest_t *in, assigned_t *a, const rd_kafka_message_t *
 
 static void write_batch(rv_ingest_t *in);
 
+/* The counted-below mark of m's partition (made at -1 if new). */
+static int64_t *counted_mark(rv_ingest_t *in, int32_t partition) {
+  for (size_t i = 0; i < in->n_counted; i++)
+    if (in->counted[i].partition == partition) return &in->counted[i].next;
+  if (in->n_counted == in->cap_counted) {
+    size_t cap = in->cap_counted ? in->cap_counted * 2 : 16;
+    struct counted *c = realloc(in->counted, cap * sizeof *c);
+    if (!c) fatal_nomem("consumed marks");
+    in->counted = c;
+    in->cap_counted = cap;
+  }
+  in->counted[in->n_counted] = (struct counted){partition, -1};
+  return &in->counted[in->n_counted++].next;
+}
+
+/* Counts m in consumed unless an earlier read of it (before a rewind after a
+ * failed commit, a fence or a revocation) was counted. Returns 1 when m
+ * counted now. */
+static int count_consumed(rv_ingest_t *in, const rd_kafka_message_t *m) {
+  int64_t *next = counted_mark(in, m->partition);
+  if (m->offset < *next) return 0;
+  *next = m->offset + 1;
+  atomic_fetch_add(&in->consumed, 1);
+  return 1;
+}
+
 /* The writer schema of m could not be fetched (the schema registry is
  * unreachable): m is neither ingested nor dead-lettered. The batch so far is
  * written and the assignment rewound to the stored offsets, so m is read
  * again after a pause that grows while the registry stays away. */
-static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, const char *why) {
-  atomic_fetch_sub(&in->consumed, 1); /* counted when it is read again */
+static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, int counted, const char *why) {
+  if (counted) { /* counted when it is read again */
+    atomic_fetch_sub(&in->consumed, 1);
+    *counted_mark(in, m->partition) = m->offset;
+  }
   atomic_fetch_add(&in->retries, 1);
   rv_counter_add(in->metrics.retries_registry, 1);
   in->registry_backoff = in->registry_backoff ? next_backoff(in->registry_backoff) : BACKOFF_MIN_MS;
@@ -410,7 +443,7 @@ static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, const char *why)
 }
 
 static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
-  atomic_fetch_add(&in->consumed, 1);
+  int counted = count_consumed(in, m);
   assigned_t *a = find_assigned(in, m->partition);
   if (a) check_gap(in, a, m);
   int64_t expected = a ? a->committed : -1;
@@ -420,11 +453,11 @@ static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
   char why[512];
   rv_reject_t rj = RV_REJECT_NONE;
   if (rv_decoder_decode(in->decoder, m->key, m->key_len, m->payload, m->len, &rec, &rj, why, sizeof why)) {
-    retry_later(in, m, why);
+    retry_later(in, m, counted, why);
     return;
   }
   in->registry_backoff = 0;
-  rv_counter_add(in->metrics.consumed, 1);
+  if (counted) rv_counter_add(in->metrics.consumed, 1);
   if (!rj) rj = rv_validate_record(&rec, &rules, why, sizeof why);
   char e[256];
   if (rj) {
@@ -1085,6 +1118,7 @@ void rv_ingest_destroy(rv_ingest_t *in) {
   rv_buf_close(&in->scratch);
   rv_buf_close(&in->marker);
   free(in->assigned);
+  free(in->counted);
   pthread_mutex_destroy(&in->lock);
   free(in);
 }

@@ -53,7 +53,9 @@ typedef struct rv_ingest_conf {
 } rv_ingest_conf_t;
 
 typedef struct rv_ingest_stats {
-  uint64_t consumed;      /* records read from Kafka */
+  uint64_t consumed;      /* source records read from Kafka, each once: a record read again (after a failed
+                             commit, a fence or its partition coming back to this ingest) is not counted
+                             again */
   uint64_t ingested;      /* records committed to PostgreSQL */
   uint64_t dead_lettered; /* records sent to the DLQ */
   uint64_t changes;       /* changes committed: rows written (a batch keeps one per id, so a record
