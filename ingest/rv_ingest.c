@@ -459,6 +459,7 @@ static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
   in->registry_backoff = 0;
   if (counted) rv_counter_add(in->metrics.consumed, 1);
   if (!rj) rj = rv_validate_record(&rec, &rules, why, sizeof why);
+  if (!rj) rj = rv_validate_key(&rec, m->key, m->key_len, why, sizeof why);
   char e[256];
   if (rj) {
     rv_vector_record_close(&rec);
