@@ -16,7 +16,15 @@ typedef struct rv_batch_row {
   int64_t pin_ms;         /* created_at if the id is new: event_time, else the message timestamp */
   int64_t created_at_ms;  /* the partition key the id is pinned to; set by the PostgreSQL writer */
   char *traceparent;      /* W3C traceparent header of the source message, owned; may be NULL */
+  void *src;              /* the source message, owned (freed with the batch's free_src); may be NULL */
+  int32_t older;          /* sources of earlier records of the id this row replaced: index into the
+                             batch's older list, newest first; -1 when none */
 } rv_batch_row_t;
+
+typedef struct rv_batch_src {
+  void *src;    /* owned like rv_batch_row_t.src; NULL once released */
+  int32_t next; /* the one before it, or -1 */
+} rv_batch_src_t;
 
 typedef struct rv_batch_pos {
   int32_t partition;
@@ -46,6 +54,9 @@ typedef struct rv_batch {
   int32_t pq_version;  /* rv_quantizers version of the PQ codes */
   size_t cap_codes;    /* rows sq8 (and pq, unless NULL) have room for */
   size_t n_coded;      /* rows encoded */
+  rv_batch_src_t *older; /* sources of replaced records (rv_batch_row_t.older) */
+  size_t n_older, cap_older;
+  void (*free_src)(void *src); /* frees a row's source; NULL: sources are not freed (kept by rv_batch_clear) */
 } rv_batch_t;
 
 void rv_batch_init(rv_batch_t *b);
@@ -61,6 +72,33 @@ void rv_batch_clear(rv_batch_t *b);
  * RV_ERR_NOMEM with the batch unchanged otherwise. */
 rv_err_t rv_batch_add(rv_batch_t *b, rv_vector_record_t *rec, int32_t partition, int64_t offset, int64_t pin_ms,
                       char *traceparent);
+
+/* rv_batch_add that also keeps src, the record's source message (e.g. the
+ * rd_kafka_message_t, for a dead letter after the write), owned by the batch
+ * from now on even on failure: freed with b->free_src when the batch is
+ * cleared or the row dropped. When the record replaces an earlier one of its
+ * id, the earlier sources stay with the row (rv_batch_row_sources). */
+rv_err_t rv_batch_add_src(rv_batch_t *b, rv_vector_record_t *rec, int32_t partition, int64_t offset,
+                          int64_t pin_ms, char *traceparent, void *src);
+
+/* Calls fn for each source message of row i, oldest first (the records
+ * replaced in the batch, then the row's own); NULL sources are skipped.
+ * Returns how many source records the row stands for (1 + replaced ones). */
+size_t rv_batch_row_sources(const rv_batch_t *b, size_t i, void (*fn)(void *src, void *arg), void *arg);
+
+/* Drops the rows i with drop[i] != 0 (a record the database refused): the
+ * records they stand for move from n_accepted to n_rejected, their sources
+ * are freed, the other rows keep their order, and the codes must be made
+ * again (n_coded = 0). The positions (offsets) are unchanged. Returns
+ * RV_ERR_NOMEM (batch unchanged) or RV_OK. */
+rv_err_t rv_batch_drop_rows(rv_batch_t *b, const uint8_t *drop);
+
+/* A view of rows [lo, lo + n) of b, sharing b's rows and codes, with an id
+ * index of its own and no positions or sources: for writing part of a
+ * batch. Close it with rv_batch_view_close (which frees only the index)
+ * before b changes. RV_ERR_NOMEM or RV_OK. */
+rv_err_t rv_batch_view(const rv_batch_t *b, size_t lo, size_t n, rv_batch_t *view);
+void rv_batch_view_close(rv_batch_t *view);
 
 /* Records that (partition, offset) was consumed; expected_next is the stored
  * next offset of the partition, used when the partition is new to the batch. */

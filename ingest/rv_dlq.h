@@ -7,6 +7,8 @@
  *   rv.source.topic     where it was read
  *   rv.source.partition decimal
  *   rv.source.offset    decimal
+ * and, for rv_dlq_send_ex, extra headers of the reason's own (e.g.
+ * rv.error.sqlstate of rejected_by_database).
  * Thread: the producer's. */
 #include <librdkafka/rdkafka.h>
 #include <stddef.h>
@@ -19,5 +21,10 @@
  * Returns RV_ERR_NOMEM only. m is not modified (its headers are read, not detached). */
 rv_err_t rv_dlq_send(rv_producer_t *dlq, const char *dlq_topic, rd_kafka_message_t *m, rv_reject_t reason,
                      const char *message, char *errstr, size_t errstr_size);
+
+/* rv_dlq_send with extra[0..n_extra) appended to the rv.* headers (at most 8). */
+rv_err_t rv_dlq_send_ex(rv_producer_t *dlq, const char *dlq_topic, rd_kafka_message_t *m, rv_reject_t reason,
+                        const char *message, const rv_header_t *extra, size_t n_extra, char *errstr,
+                        size_t errstr_size);
 
 #endif

@@ -25,7 +25,11 @@
  * A crash before the COMMIT re-reads the batch from the stored offsets and
  * repeats 1-2. A crash after it leaves the records in the outbox: whoever
  * is assigned their source partitions next publishes them before anything
- * newer ("drain"); duplicates are harmless, every change carries its version. */
+ * newer ("drain"); duplicates are harmless, every change carries its version.
+ * A batch PostgreSQL keeps refusing with a data error is searched for the
+ * refused rows after RV_INGEST_DATA_RETRIES failures (isolate_refused): they
+ * go to the DLQ and are dropped from the batch, which then goes through 1-3
+ * as any other. */
 #include "rv_ingest.h"
 
 #include <librdkafka/rdkafka.h>
@@ -103,9 +107,18 @@ struct rv_ingest {
   rv_batch_t flight;       /* sent, its COMMIT in flight (rv_pgwriter_in_flight); empty otherwise */
   int64_t flight_started_us; /* when the write of flight began (mono us) */
   int finish_backoff;      /* ms to pause after a failed in-flight commit; 0 after a good one */
+  int data_fails;          /* writes failed in a row with a data error (rv_pg_is_data_error); at
+                              RV_INGEST_DATA_RETRIES the batch's refused rows are isolated */
+  int careful;             /* a COMMIT in flight failed with a data error: until a batch commits, each
+                              batch's COMMIT is waited for, and a failed one is retried in place rather
+                              than read again, so its failures count towards RV_INGEST_DATA_RETRIES */
   rv_buf_t scratch;
   assigned_t *assigned;
   size_t n_assigned, cap_assigned;
+  /* Per source partition ever read: every offset below next was counted in consumed already (kept
+   * across rewinds and revocations, so a record read again counts once). */
+  struct counted { int32_t partition; int64_t next; } *counted;
+  size_t n_counted, cap_counted;
   int reseek; /* the batch was dropped: rewind the assignment to the stored offsets */
   int drain;  /* publish what the outbox holds for the assigned partitions before anything newer */
   int gave_up; /* stopping, and Kafka stayed away: publish no more, leave it all in the outbox */
@@ -226,6 +239,7 @@ static _Noreturn void fatal_nomem(const char *what) {
 }
 
 static int finish_flight(rv_ingest_t *in);
+static int count_data_error(rv_ingest_t *in, const char *e);
 static int finish_flight_ex(rv_ingest_t *in, int defer_publish);
 static void publish_committed(rv_ingest_t *in);
 static void send_marker(rv_ingest_t *in, int64_t committed_at_ms);
@@ -391,12 +405,41 @@ static void check_gap(rv_ingest_t *in, assigned_t *a, const rd_kafka_message_t *
 
 static void write_batch(rv_ingest_t *in);
 
+/* The counted-below mark of m's partition (made at -1 if new). */
+static int64_t *counted_mark(rv_ingest_t *in, int32_t partition) {
+  for (size_t i = 0; i < in->n_counted; i++)
+    if (in->counted[i].partition == partition) return &in->counted[i].next;
+  if (in->n_counted == in->cap_counted) {
+    size_t cap = in->cap_counted ? in->cap_counted * 2 : 16;
+    struct counted *c = realloc(in->counted, cap * sizeof *c);
+    if (!c) fatal_nomem("consumed marks");
+    in->counted = c;
+    in->cap_counted = cap;
+  }
+  in->counted[in->n_counted] = (struct counted){partition, -1};
+  return &in->counted[in->n_counted++].next;
+}
+
+/* Counts m in consumed unless an earlier read of it (before a rewind after a
+ * failed commit, a fence or a revocation) was counted. Returns 1 when m
+ * counted now. */
+static int count_consumed(rv_ingest_t *in, const rd_kafka_message_t *m) {
+  int64_t *next = counted_mark(in, m->partition);
+  if (m->offset < *next) return 0;
+  *next = m->offset + 1;
+  atomic_fetch_add(&in->consumed, 1);
+  return 1;
+}
+
 /* The writer schema of m could not be fetched (the schema registry is
  * unreachable): m is neither ingested nor dead-lettered. The batch so far is
  * written and the assignment rewound to the stored offsets, so m is read
  * again after a pause that grows while the registry stays away. */
-static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, const char *why) {
-  atomic_fetch_sub(&in->consumed, 1); /* counted when it is read again */
+static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, int counted, const char *why) {
+  if (counted) { /* counted when it is read again */
+    atomic_fetch_sub(&in->consumed, 1);
+    *counted_mark(in, m->partition) = m->offset;
+  }
   atomic_fetch_add(&in->retries, 1);
   rv_counter_add(in->metrics.retries_registry, 1);
   in->registry_backoff = in->registry_backoff ? next_backoff(in->registry_backoff) : BACKOFF_MIN_MS;
@@ -409,8 +452,9 @@ static void retry_later(rv_ingest_t *in, rd_kafka_message_t *m, const char *why)
   nap(in, in->registry_backoff);
 }
 
-static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
-  atomic_fetch_add(&in->consumed, 1);
+/* Returns 1 when the batch keeps m (its source of an accepted record), 0 when the caller destroys it. */
+static int on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
+  int counted = count_consumed(in, m);
   assigned_t *a = find_assigned(in, m->partition);
   if (a) check_gap(in, a, m);
   int64_t expected = a ? a->committed : -1;
@@ -420,12 +464,13 @@ static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
   char why[512];
   rv_reject_t rj = RV_REJECT_NONE;
   if (rv_decoder_decode(in->decoder, m->key, m->key_len, m->payload, m->len, &rec, &rj, why, sizeof why)) {
-    retry_later(in, m, why);
-    return;
+    retry_later(in, m, counted, why);
+    return 0;
   }
   in->registry_backoff = 0;
-  rv_counter_add(in->metrics.consumed, 1);
+  if (counted) rv_counter_add(in->metrics.consumed, 1);
   if (!rj) rj = rv_validate_record(&rec, &rules, why, sizeof why);
+  if (!rj) rj = rv_validate_key(&rec, m->key, m->key_len, why, sizeof why);
   char e[256];
   if (rj) {
     rv_vector_record_close(&rec);
@@ -438,10 +483,13 @@ static void on_message(rv_ingest_t *in, rd_kafka_message_t *m) {
     /* A new id is pinned to the month of its event time, else of the broker timestamp. */
     int64_t pin = rec.has_event_time ? rec.event_time_ms : rd_kafka_message_timestamp(m, NULL);
     if (pin < RV_EVENT_TIME_MIN_MS || pin > now + RV_EVENT_TIME_MAX_AHEAD_MS) pin = now;
-    if (rv_batch_add(&in->batch, &rec, m->partition, m->offset, pin, header_string(m, "traceparent")))
+    if (rv_batch_consumed(&in->batch, m->partition, m->offset, expected)) fatal_nomem("batch");
+    if (rv_batch_add_src(&in->batch, &rec, m->partition, m->offset, pin, header_string(m, "traceparent"), m))
       fatal_nomem("batch");
+    return 1;
   }
   if (rv_batch_consumed(&in->batch, m->partition, m->offset, expected)) fatal_nomem("batch");
+  return 0;
 }
 
 /* ---- writing a batch ---- */
@@ -725,6 +773,8 @@ static void publish_committed(rv_ingest_t *in) {
  * caller (publish_committed). Clears b. */
 static void batch_committed(rv_ingest_t *in, rv_batch_t *b, int64_t started_us, int defer_publish) {
   in->owed_at = rv_wall_ms(); /* the COMMIT's outcome just arrived */
+  in->data_fails = 0;
+  in->careful = 0;
   for (size_t i = 0; i < b->n_pos; i++) {
     assigned_t *a = find_assigned(in, b->pos[i].partition);
     if (a && b->pos[i].next_offset > a->owed) a->owed = b->pos[i].next_offset;
@@ -765,6 +815,7 @@ static int finish_flight_ex(rv_ingest_t *in, int defer_publish) {
   else rv_pgwriter_rollback(w);
   rv_outbox_clear(in->outbox);
   in->drain = 1;
+  if (count_data_error(in, e)) in->careful = 1; /* the batch read again is retried in place */
   atomic_fetch_add(&in->retries, 1);
   rv_counter_add(in->metrics.retries_pg, 1);
   in->finish_backoff = in->finish_backoff ? next_backoff(in->finish_backoff) : BACKOFF_MIN_MS;
@@ -775,6 +826,130 @@ static int finish_flight_ex(rv_ingest_t *in, int defer_publish) {
   drop_batch(in, "the batch before it failed to commit");
   nap(in, in->finish_backoff);
   return -1;
+}
+
+/* Counts a failed write whose error (errstr of rv_pg_check) is a data error.
+ * Returns 1 when it was one. */
+static int count_data_error(rv_ingest_t *in, const char *e) {
+  char state[6];
+  rv_pg_errstr_split(e, state, NULL, 0);
+  if (!rv_pg_is_data_error(state)) return 0;
+  in->data_fails++;
+  return 1;
+}
+
+/* In careful mode: waits for the COMMIT write_batch_once just sent for
+ * in->batch. On failure the transaction is gone and the batch stays in
+ * in->batch, to be written again in place (a lost connection's unknown
+ * outcome shows then: apply finds the offsets stored, RV_PGW_ALREADY). */
+static rv_err_t settle(rv_ingest_t *in, char *e, size_t es) {
+  rv_pgwriter_t *w = flight_pg(in);
+  rv_err_t err = rv_pgwriter_finish(w, e, es);
+  if (!err) return RV_OK;
+  if (err == RV_ERR_UNAVAILABLE) {
+    rv_pgwriter_disconnect(w);
+    in->drain = 1; /* in case the COMMIT went through */
+  } else {
+    rv_pgwriter_rollback(w);
+  }
+  rv_outbox_clear(in->outbox);
+  return err;
+}
+
+typedef struct refused {
+  size_t row;
+  char sqlstate[6];
+  char *message;
+} refused_t;
+
+typedef struct refusals {
+  refused_t *v;
+  size_t n, cap;
+} refusals_t;
+
+static void on_refused(void *arg, size_t row, const char *sqlstate, const char *message) {
+  refusals_t *r = arg;
+  if (r->n == r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 8;
+    refused_t *v = realloc(r->v, cap * sizeof *v);
+    if (!v) fatal_nomem("refused rows");
+    r->v = v;
+    r->cap = cap;
+  }
+  refused_t *f = &r->v[r->n++];
+  f->row = row;
+  snprintf(f->sqlstate, sizeof f->sqlstate, "%s", sqlstate);
+  if (!(f->message = strdup(message))) fatal_nomem("refused rows");
+}
+
+typedef struct dead_letter {
+  rv_ingest_t *in;
+  const refused_t *why;
+  char text[600];
+} dead_letter_t;
+
+static void send_refused(void *src, void *arg) {
+  dead_letter_t *d = arg;
+  rv_ingest_t *in = d->in;
+  rd_kafka_message_t *m = src;
+  char e[256];
+  const rv_header_t state = {"rv.error.sqlstate", d->why->sqlstate, strlen(d->why->sqlstate)};
+  if (rv_dlq_send_ex(in->dlq, in->conf.collection.dlq_topic, m, RV_REJECT_DB, d->text, &state, 1, e, sizeof e))
+    fatal_nomem("dlq");
+  rv_ingest_metrics_rejected(&in->metrics, RV_REJECT_DB);
+}
+
+/* After RV_INGEST_DATA_RETRIES writes of the batch failed with a data error:
+ * finds the rows PostgreSQL refuses (rv_pgwriter_isolate, on one writer,
+ * with nothing in flight), queues every record they stand for to the DLQ
+ * (rejected_by_database, the SQLSTATE and the server's message) and drops
+ * them from the batch, whose other rows and offsets write_batch_once then
+ * commits as usual, in one transaction. Returns RV_OK (also when no single
+ * row is refused: the batch is then retried as it is, and searched again
+ * after as many failures), DROPPED when the batch in flight failed to
+ * commit, or the error that stopped the search. */
+static rv_err_t isolate_refused(rv_ingest_t *in, char *e, size_t es) {
+  if (flight_pg(in) && finish_flight(in)) return DROPPED;
+  rv_batch_t *b = &in->batch;
+  rv_pgwriter_t *w = in->pg[in->pg_turn]; /* nothing is in flight: both are free */
+  refusals_t r = {0};
+  rv_err_t err;
+  if ((err = rv_pgwriter_connect(w, e, es)) || (err = rv_pgwriter_prepare_partitions(w, b, e, es)) ||
+      (err = rv_quant_encode_batch(in->quant, w, b, e, es)) ||
+      (err = rv_pgwriter_isolate(w, b, on_refused, &r, &r.n, e, es))) {
+    if (err == RV_ERR_UNAVAILABLE) rv_pgwriter_disconnect(w);
+    goto out;
+  }
+  in->data_fails = 0; /* searched: RV_INGEST_DATA_RETRIES more failures before the next search */
+  if (!r.n) {
+    rv_warn(LOG, "%s: the batch of %llu message(s) keeps failing with a data error, but no single record of it "
+            "is refused on its own; retrying it as it is", in->conf.collection.name,
+            (unsigned long long)b->n_messages);
+    goto out;
+  }
+  uint8_t *drop = calloc(b->n_rows ? b->n_rows : 1, 1);
+  if (!drop) fatal_nomem("refused rows");
+  size_t n_records = 0;
+  for (size_t i = 0; i < r.n; i++) {
+    const refused_t *f = &r.v[i];
+    const rv_batch_row_t *row = &b->rows[f->row];
+    dead_letter_t d = {in, f, {0}};
+    snprintf(d.text, sizeof d.text, "SQLSTATE %s: %s", f->sqlstate, f->message);
+    size_t n = rv_batch_row_sources(b, f->row, send_refused, &d);
+    n_records += n;
+    rv_warn(LOG, "%s: PostgreSQL refuses id '%.64s' (%s [%d] @%lld, %zu record(s)): %s; dead-lettered as %s",
+            in->conf.collection.name, row->rec.id, in->conf.collection.source_topic, (int)row->partition,
+            (long long)row->offset, n, d.text, rv_reject_code(RV_REJECT_DB));
+    drop[f->row] = 1;
+  }
+  if (rv_batch_drop_rows(b, drop)) fatal_nomem("refused rows");
+  free(drop);
+  rv_info(LOG, "%s: %zu row(s) (%zu record(s)) of the batch dead-lettered as %s; writing the other %zu",
+          in->conf.collection.name, r.n, n_records, rv_reject_code(RV_REJECT_DB), b->n_rows);
+out:
+  for (size_t i = 0; i < r.n; i++) free(r.v[i].message);
+  free(r.v);
+  return err;
 }
 
 static void write_batch(rv_ingest_t *in) {
@@ -793,9 +968,12 @@ static void write_batch(rv_ingest_t *in) {
   char e[1024];
   int64_t stop_seen = 0, started_us = rv_mono_us();
   for (int backoff = BACKOFF_MIN_MS;; backoff = next_backoff(backoff)) {
-    rv_err_t err = write_batch_once(in, e, sizeof e);
+    rv_err_t err = in->data_fails >= RV_INGEST_DATA_RETRIES ? isolate_refused(in, e, sizeof e) : RV_OK;
+    if (!err) err = write_batch_once(in, e, sizeof e);
+    if (!err && in->careful && flight_pg(in)) err = settle(in, e, sizeof e);
     if (!err) break;
     if (err == DROPPED) return;
+    count_data_error(in, e);
     if (err == RV_ERR_STATE) {
       rv_warn(LOG, "%s: batch fenced off: %s", in->conf.collection.name, e);
       drop_batch(in, "fenced");
@@ -880,10 +1058,11 @@ static void *run(void *arg) {
     rd_kafka_message_t *m = rd_kafka_consumer_poll(in->consumer, timeout);
     int dry = !m; /* nothing was waiting */
     if (m) {
-      if (!m->err) on_message(in, m);
+      int kept = 0; /* by the batch, for a dead letter should PostgreSQL refuse the record */
+      if (!m->err) kept = on_message(in, m);
       else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
         rv_warn(LOG, "%s: consumer: %s", in->conf.collection.name, rd_kafka_message_errstr(m));
-      rd_kafka_message_destroy(m);
+      if (!kept) rd_kafka_message_destroy(m);
     }
     /* After the message: a failed commit drops it with the batch it joined (the rewind below re-reads it). */
     if ((fw = flight_pg(in)) && rv_pgwriter_poll(fw)) finish_flight(in);
@@ -917,6 +1096,8 @@ static void *run(void *arg) {
 
 /* ---- lifecycle ---- */
 
+static void free_message(void *m) { rd_kafka_message_destroy(m); }
+
 rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t errstr_size) {
   rv_ingest_conf_t c = *conf;
   rv_ingest_conf_defaults(&c);
@@ -940,6 +1121,7 @@ rv_ingest_t *rv_ingest_new(const rv_ingest_conf_t *conf, char *errstr, size_t er
   pthread_mutex_init(&in->lock, NULL);
   rv_batch_init(&in->batch);
   rv_batch_init(&in->flight);
+  in->batch.free_src = in->flight.free_src = free_message;
   rv_buf_init(&in->scratch);
   rv_buf_init(&in->marker);
   return in;
@@ -996,6 +1178,8 @@ static rd_kafka_t *make_consumer(rv_ingest_t *in, char *errstr, size_t errstr_si
 
 /* Frees the thread-owned resources (after the thread ended, or if it never started). */
 static void release(rv_ingest_t *in) {
+  rv_batch_clear(&in->batch); /* their source messages go before the consumer */
+  rv_batch_clear(&in->flight);
   if (in->consumer) rd_kafka_destroy(in->consumer);
   in->consumer = NULL;
   rv_producer_destroy(in->dlq, 1000);
@@ -1085,6 +1269,7 @@ void rv_ingest_destroy(rv_ingest_t *in) {
   rv_buf_close(&in->scratch);
   rv_buf_close(&in->marker);
   free(in->assigned);
+  free(in->counted);
   pthread_mutex_destroy(&in->lock);
   free(in);
 }

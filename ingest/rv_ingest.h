@@ -24,6 +24,20 @@
 
 typedef struct rv_ingest rv_ingest_t;
 
+/* Rows PostgreSQL refuses. A batch whose write fails with a data error
+ * (rv_pg_is_data_error: SQLSTATE class 22 or 23, or P0001 raised by a
+ * trigger) this many times in a row is searched for the rows refused on
+ * their own (rv_pgwriter_isolate: bisection under savepoints in a
+ * transaction that is rolled back). Every source record such a row stands
+ * for goes to the DLQ with reason rejected_by_database, rv.error.message
+ * "SQLSTATE <state>: <primary message>" and rv.error.sqlstate; the rest of
+ * the batch commits once, with all its offsets, in one transaction as
+ * usual. Other errors (connection, serialization, deadlock, ...) are
+ * retried as before, without limit. A COMMIT in flight that fails with a
+ * data error makes ingest read the batch again and wait for each COMMIT
+ * until one succeeds, so the failures of that batch count. */
+#define RV_INGEST_DATA_RETRIES 3
+
 typedef struct rv_ingest_conf {
   char brokers[1024];               /* Kafka bootstrap list */
   char pg_conninfo[1024];           /* libpq connection string */
@@ -53,7 +67,9 @@ typedef struct rv_ingest_conf {
 } rv_ingest_conf_t;
 
 typedef struct rv_ingest_stats {
-  uint64_t consumed;      /* records read from Kafka */
+  uint64_t consumed;      /* source records read from Kafka, each once: a record read again (after a failed
+                             commit, a fence or its partition coming back to this ingest) is not counted
+                             again */
   uint64_t ingested;      /* records committed to PostgreSQL */
   uint64_t dead_lettered; /* records sent to the DLQ */
   uint64_t changes;       /* changes committed: rows written (a batch keeps one per id, so a record

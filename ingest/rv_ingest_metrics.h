@@ -2,7 +2,7 @@
 #define RV_INGEST_METRICS_H
 /* The Prometheus series of one ingest (one collection), in the registry the
  * ingest was handed (rv_metrics.h); every series has a collection="<name>" label:
- *   rv_ingest_records_consumed_total                 records read from Kafka
+ *   rv_ingest_records_consumed_total                 records read from Kafka (a re-read counts once)
  *   rv_ingest_records_ingested_total                 records committed to PostgreSQL
  *   rv_ingest_records_dead_lettered_total{reason=}   records whose dead letter was confirmed, by rv_reject_code
  *   rv_ingest_batch_seconds                          histogram: writing one batch, retries included

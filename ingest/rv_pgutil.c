@@ -1,5 +1,6 @@
 #include "rv_pgutil.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "rv_log.h"
@@ -47,4 +48,31 @@ rv_err_t rv_pg_exec(PGconn *c, const char *sql, PGresult **out, char *errstr, si
   if (err || !out) PQclear(r);
   else *out = r;
   return err;
+}
+
+static int sqlstate_char(char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z'); }
+
+void rv_pg_errstr_split(const char *errstr, char sqlstate[6], char *msg, size_t msg_size) {
+  const char *p = errstr ? errstr : "";
+  int has = 1;
+  for (int i = 0; i < 5 && has; i++) has = sqlstate_char(p[i]);
+  has = has && p[5] == ' ';
+  if (sqlstate) {
+    if (has) memcpy(sqlstate, p, 5);
+    sqlstate[has ? 5 : 0] = 0;
+  }
+  if (!msg || !msg_size) return;
+  if (has) p += 6;
+  /* libpq's "ERROR:  " (or another severity) before the message. */
+  const char *colon = strstr(p, ":  ");
+  if (colon && colon - p <= 8) p = colon + 3;
+  size_t n = strlen(p);
+  const char *what = n ? strrchr(p, '[') : NULL;
+  if (what && what > p && what[-1] == ' ' && p[n - 1] == ']') n = (size_t)(what - 1 - p);
+  snprintf(msg, msg_size, "%.*s", (int)n, p);
+}
+
+int rv_pg_is_data_error(const char *sqlstate) {
+  if (!sqlstate || strlen(sqlstate) != 5) return 0;
+  return !strncmp(sqlstate, "22", 2) || !strncmp(sqlstate, "23", 2) || !strcmp(sqlstate, "P0001");
 }

@@ -32,4 +32,17 @@ void rv_pg_quiet_notices(PGconn *c);
 /* The SQLSTATE of r, or "" when it has none. */
 const char *rv_pg_sqlstate(const PGresult *r);
 
+/* Splits an errstr written by rv_pg_check ("<sqlstate> <severity>:  <message> [<what>]")
+ * into the SQLSTATE (5 characters and a NUL; "" when errstr has none) and the
+ * primary message (severity and [what] dropped; at most msg_size - 1 bytes).
+ * Either output may be NULL. */
+void rv_pg_errstr_split(const char *errstr, char sqlstate[6], char *msg, size_t msg_size);
+
+/* 1 when sqlstate names an error caused by the data of the rows written, which
+ * the same rows repeat however often they are retried: class 22 (data
+ * exception), class 23 (integrity constraint violation) and P0001
+ * (raise_exception, e.g. RAISE EXCEPTION in a trigger). Connection,
+ * serialization, deadlock, lock and resource errors are not. */
+int rv_pg_is_data_error(const char *sqlstate);
+
 #endif

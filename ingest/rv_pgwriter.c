@@ -691,6 +691,82 @@ rv_err_t rv_pgwriter_apply(rv_pgwriter_t *w, rv_batch_t *b, rv_pgw_outcome_t *ou
   return err ? err : rv_pgwriter_apply_offsets(w, b, outcome, errstr, errstr_size);
 }
 
+/* ---- finding the rows PostgreSQL refuses ---- */
+
+/* Writes rows [lo, lo + n) of b inside the open transaction, as apply_rows
+ * and the final COPY would. */
+static rv_err_t write_range(rv_pgwriter_t *w, rv_batch_t *b, size_t lo, size_t n, char *errstr,
+                            size_t errstr_size) {
+  rv_batch_t v;
+  if (rv_batch_view(b, lo, n, &v)) return rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+  char sql[320];
+  size_t n_new = 0;
+  char now_be[8] = {0};
+  rv_err_t err = rv_pg_exec(w->conn, "DELETE FROM pg_temp.rv_stage", NULL, errstr, errstr_size);
+  if (!err) err = pin_rows(w, &v, &n_new, now_be, errstr, errstr_size);
+  if (!err && n_new < v.n_rows) err = copy_rows(w, &v, errstr, errstr_size);
+  if (!err && n_new < v.n_rows) err = upsert_rows(w, &v, errstr, errstr_size);
+  if (!err && n_new) {
+    if (encode_new(&w->copy, &v, w->is_new, w->store_vector, now_be)) {
+      err = rv_errf(RV_ERR_NOMEM, errstr, errstr_size, "out of memory");
+    } else {
+      snprintf(sql, sizeof sql, "COPY %s (" TABLE_COLUMNS ") FROM STDIN (FORMAT binary)", w->table);
+      err = copy_in(w, sql, "COPY new rows", errstr, errstr_size);
+    }
+  }
+  rv_batch_view_close(&v);
+  return err;
+}
+
+typedef struct isolate {
+  rv_pgwriter_t *w;
+  rv_batch_t *b;
+  void (*on_reject)(void *, size_t, const char *, const char *);
+  void *arg;
+  size_t n_rejected;
+} isolate_t;
+
+static rv_err_t isolate_range(isolate_t *s, size_t lo, size_t n, char *errstr, size_t errstr_size) {
+  if (!n) return RV_OK;
+  PGconn *c = s->w->conn;
+  rv_err_t err = rv_pg_exec(c, "SAVEPOINT rv_isolate", NULL, errstr, errstr_size);
+  if (err) return err;
+  char e[1024];
+  err = write_range(s->w, s->b, lo, n, e, sizeof e);
+  if (!err) return rv_pg_exec(c, "RELEASE SAVEPOINT rv_isolate", NULL, errstr, errstr_size);
+  char state[6], msg[512];
+  rv_pg_errstr_split(e, state, msg, sizeof msg);
+  if (!rv_pg_is_data_error(state)) return rv_errf(err, errstr, errstr_size, "%s", e);
+  if ((err = rv_pg_exec(c, "ROLLBACK TO SAVEPOINT rv_isolate", NULL, errstr, errstr_size)) ||
+      (err = rv_pg_exec(c, "RELEASE SAVEPOINT rv_isolate", NULL, errstr, errstr_size)))
+    return err;
+  if (n == 1) {
+    s->n_rejected++;
+    if (s->on_reject) s->on_reject(s->arg, lo, state, msg);
+    return RV_OK;
+  }
+  err = isolate_range(s, lo, n / 2, errstr, errstr_size);
+  return err ? err : isolate_range(s, lo + n / 2, n - n / 2, errstr, errstr_size);
+}
+
+rv_err_t rv_pgwriter_isolate(rv_pgwriter_t *w, rv_batch_t *b,
+                             void (*on_reject)(void *arg, size_t row, const char *sqlstate, const char *message),
+                             void *arg, size_t *n_rejected, char *errstr, size_t errstr_size) {
+  *n_rejected = 0;
+  if (w->in_flight) return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a commit is in flight");
+  if (!w->conn) return rv_errf(RV_ERR_UNAVAILABLE, errstr, errstr_size, "not connected");
+  if (PQtransactionStatus(w->conn) != PQTRANS_IDLE)
+    return rv_errf(RV_ERR_INVALID, errstr, errstr_size, "a transaction is open");
+  isolate_t s = {w, b, on_reject, arg, 0};
+  rv_err_t err = rv_pg_exec(w->conn, "BEGIN", NULL, errstr, errstr_size);
+  if (!err && w->pgbouncer) err = rv_pg_exec(w->conn, w->stage_sql, NULL, errstr, errstr_size);
+  if (!err) err = isolate_range(&s, 0, b->n_rows, errstr, errstr_size);
+  rv_pgwriter_rollback(w); /* a search only: the batch is written afterwards without the refused rows */
+  w->n_new = 0;
+  *n_rejected = s.n_rejected;
+  return err;
+}
+
 int rv_pgwriter_idle(const rv_pgwriter_t *w) {
   return !w->in_flight && w->conn && PQstatus(w->conn) == CONNECTION_OK &&
          PQtransactionStatus(w->conn) == PQTRANS_IDLE;

@@ -142,6 +142,26 @@ rv_err_t rv_pgwriter_finish(rv_pgwriter_t *w, char *errstr, size_t errstr_size);
  * commit is in flight: its results were never read). */
 void rv_pgwriter_rollback(rv_pgwriter_t *w);
 
+/* Finds the rows of b that PostgreSQL refuses on their own, after the
+ * batch's write failed with a data error (rv_pg_is_data_error) again and
+ * again: in one transaction that is always rolled back (nothing is kept,
+ * offsets are not touched), writes the rows as the batch transaction would
+ * (pin, upsert of known ids, COPY of new ones), bisecting: a range is
+ * written under a savepoint; if it fails with a data error, the savepoint
+ * is rolled back and each half is tried in turn, down to single rows. Each
+ * single row that fails is reported to on_reject (row index in b, SQLSTATE,
+ * the server's primary message); rows that pass stay written for the ranges
+ * after them, so a row refused only because of an earlier row of the batch
+ * is found too. Costs about 2 log2(n) writes per refused row. On RV_OK
+ * *n_rejected rows were reported (0: no single row fails, e.g. the error
+ * arises only at COMMIT). Other errors (connection, serialization, ...)
+ * abort the search: as apply's, classify with rv_err_is_retriable. Needs
+ * the writer connected, idle and b coded as for apply; b's rows get
+ * created_at_ms set, nothing else changes. */
+rv_err_t rv_pgwriter_isolate(rv_pgwriter_t *w, rv_batch_t *b,
+                             void (*on_reject)(void *arg, size_t row, const char *sqlstate, const char *message),
+                             void *arg, size_t *n_rejected, char *errstr, size_t errstr_size);
+
 /* The writer's connection (NULL when disconnected), for statements that must
  * run inside the transaction apply left open (the changelog outbox) or on
  * the same session; never while a commit is in flight. Owned by the writer. */

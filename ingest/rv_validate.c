@@ -23,6 +23,8 @@ const char *rv_reject_code(rv_reject_t r) {
   case RV_REJECT_METADATA_TOO_LARGE: return "metadata_too_large";
   case RV_REJECT_BAD_EVENT_TIME: return "bad_event_time";
   case RV_REJECT_INCOMPATIBLE_SCHEMA: return "incompatible_schema";
+  case RV_REJECT_KEY_ID_MISMATCH: return "key_id_mismatch";
+  case RV_REJECT_DB: return "rejected_by_database";
   }
   return "unknown";
 }
@@ -143,4 +145,26 @@ rv_reject_t rv_validate_record(rv_vector_record_t *r, const rv_validate_rules_t 
   }
   if (msg_size > 0) msg[0] = 0;
   return RV_REJECT_NONE;
+}
+
+/* Appends up to 64 bytes of s to out as printable ASCII (others as \xNN). */
+static void printable(char *out, size_t out_size, const void *s, size_t len) {
+  const uint8_t *p = s;
+  size_t o = 0;
+  for (size_t i = 0; i < len && i < 64 && o + 5 < out_size; i++)
+    o += (size_t)snprintf(out + o, out_size - o, p[i] >= 0x20 && p[i] < 0x7f && p[i] != '\'' ? "%c" : "\\x%02x",
+                          p[i]);
+  if (len > 64 && o + 4 < out_size) o += (size_t)snprintf(out + o, out_size - o, "...");
+  if (out_size) out[o < out_size ? o : out_size - 1] = 0;
+}
+
+rv_reject_t rv_validate_key(const rv_vector_record_t *r, const void *key, size_t key_len, char *msg,
+                            size_t msg_size) {
+  if (!key || key_len == 0) return RV_REJECT_NONE;
+  if (key_len == r->id_len && r->id && !memcmp(key, r->id, key_len)) return RV_REJECT_NONE;
+  char k[320], id[320];
+  printable(k, sizeof k, key, key_len);
+  printable(id, sizeof id, r->id ? r->id : "", r->id ? r->id_len : 0);
+  return reject(RV_REJECT_KEY_ID_MISMATCH, msg, msg_size, "Kafka key '%s' (%zu bytes) differs from the id '%s' (%zu bytes)",
+                k, key_len, id, r->id_len);
 }

@@ -24,13 +24,18 @@ typedef enum {
   RV_REJECT_BAD_EVENT_TIME,     /* "bad_event_time": before 2000-01-01 or more than a day ahead */
   RV_REJECT_INCOMPATIBLE_SCHEMA, /* "incompatible_schema": the registry's writer schema for the frame's id
                                     does not resolve against vector_record.avsc */
+  RV_REJECT_KEY_ID_MISMATCH,    /* "key_id_mismatch": the Kafka key is set and differs from the decoded id
+                                   (rv_validate_key) */
+  RV_REJECT_DB,                 /* "rejected_by_database": PostgreSQL refused the row itself (a constraint,
+                                   a trigger, a data exception; rv.error.message holds its SQLSTATE and
+                                   primary message); set by ingest after isolating the row, never here */
 } rv_reject_t;
 
 /* Ids starting with this are refused (RV_REJECT_RESERVED_ID): RV_MARKER_KEY is one. */
 #define RV_RESERVED_ID_PREFIX "__rv_"
 
 /* Number of rv_reject_t values (RV_REJECT_NONE included), for tables indexed by reason. */
-#define RV_REJECT_COUNT (RV_REJECT_INCOMPATIBLE_SCHEMA + 1)
+#define RV_REJECT_COUNT (RV_REJECT_DB + 1)
 
 /* Static snake_case code of r (e.g. "wrong_dim"); "ok" for RV_REJECT_NONE. */
 const char *rv_reject_code(rv_reject_t r);
@@ -62,5 +67,19 @@ int rv_utf8_valid(const void *s, size_t len);
  * one-line explanation. */
 rv_reject_t rv_validate_record(rv_vector_record_t *r, const rv_validate_rules_t *rules, char *msg,
                                size_t msg_size);
+
+/* Cross-checks a source message's Kafka key with the id decoded from it.
+ * The bytes compared: key[0..key_len) exactly as the message carries them
+ * (no decoding, trimming or case folding) against the decoded id's bytes
+ * (its UTF-8, as in r->id[0..r->id_len)); equal lengths and equal bytes
+ * pass. No key (key NULL or key_len 0) passes: the id wins (such records
+ * reach partitions by the producer's choice, so per-id order holds only if
+ * the producer keeps an id on one partition itself). A tombstone's id is its
+ * key, so it always passes. A key serialised in any other way than the id's
+ * plain bytes (e.g. an Avro- or Confluent-framed key) is a mismatch.
+ * Returns RV_REJECT_NONE, or RV_REJECT_KEY_ID_MISMATCH with a one-line
+ * explanation in msg (if msg_size > 0). */
+rv_reject_t rv_validate_key(const rv_vector_record_t *r, const void *key, size_t key_len, char *msg,
+                            size_t msg_size);
 
 #endif

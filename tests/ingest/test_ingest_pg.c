@@ -58,7 +58,7 @@ static struct {
   int64_t now_ms;
   float vectors[N_ITEMS][DIM]; /* latest vector of item-%04d */
   float first[N_ITEMS][DIM];   /* first vector (kept by a delete) */
-  bad_t bad[10];
+  bad_t bad[12];
   int n_bad;
 } T;
 
@@ -404,6 +404,10 @@ static void test_ingest_end_to_end(void **state) {
   long_id[RV_ID_MAX + 1] = 0;
   b = add_bad(long_id, "bad_id");
   produce_record(long_id, RV_ID_MAX + 1, RV_OP_UPSERT, v, DIM, NULL, 0, 0, &b->value);
+  /* A Kafka key that is not the record's id (the id must not be written under another's key). */
+  b = add_bad("bad-key", "key_id_mismatch");
+  encode_record("not-bad-key", 11, RV_OP_UPSERT, v, DIM, NULL, 0, 0, &b->value);
+  produce_bad_raw(b);
   /* The changelog's own key: accepted, it would shadow the position markers in a compacted changelog. */
   b = add_bad(RV_MARKER_KEY, "reserved_id");
   produce_record(b->key, strlen(b->key), RV_OP_UPSERT, v, DIM, NULL, 0, 0, &b->value);

@@ -55,7 +55,9 @@ static void test_reject_codes(void **state) {
   assert_string_equal("metadata_too_large", rv_reject_code(RV_REJECT_METADATA_TOO_LARGE));
   assert_string_equal("bad_event_time", rv_reject_code(RV_REJECT_BAD_EVENT_TIME));
   assert_string_equal("incompatible_schema", rv_reject_code(RV_REJECT_INCOMPATIBLE_SCHEMA));
-  assert_int_equal(RV_REJECT_COUNT - 1, RV_REJECT_INCOMPATIBLE_SCHEMA); /* the last code */
+  assert_string_equal("key_id_mismatch", rv_reject_code(RV_REJECT_KEY_ID_MISMATCH));
+  assert_string_equal("rejected_by_database", rv_reject_code(RV_REJECT_DB));
+  assert_int_equal(RV_REJECT_COUNT - 1, RV_REJECT_DB); /* the last code */
   assert_string_equal("unknown", rv_reject_code(RV_REJECT_COUNT));
 }
 
@@ -316,6 +318,34 @@ static void test_decode_tombstone(void **state) {
   assert_reject(RV_REJECT_DECODE, rv_decode_message(f->codec, 1, "k", 1, "", 0, &r, msg, sizeof msg));
 }
 
+/* The Kafka key against the decoded id: exact bytes; no key lets the id win; a tombstone's id is its key. */
+static void test_key_id_cross_check(void **state) {
+  fixture_t *f = *state;
+  rv_vector_record_t r;
+  char msg[256];
+  make_upsert(&r, "item-7");
+  assert_reject(RV_REJECT_NONE, rv_validate_key(&r, "item-7", 6, msg, sizeof msg));
+  assert_reject(RV_REJECT_NONE, rv_validate_key(&r, NULL, 0, msg, sizeof msg));   /* no key: the id wins */
+  assert_reject(RV_REJECT_NONE, rv_validate_key(&r, "item-8", 0, msg, sizeof msg)); /* empty key: as none */
+  msg[0] = 0;
+  assert_reject(RV_REJECT_KEY_ID_MISMATCH, rv_validate_key(&r, "item-8", 6, msg, sizeof msg));
+  assert_non_null(strstr(msg, "'item-8'"));
+  assert_non_null(strstr(msg, "'item-7'"));
+  assert_reject(RV_REJECT_KEY_ID_MISMATCH, rv_validate_key(&r, "item-7 ", 7, msg, sizeof msg)); /* no trimming */
+  assert_reject(RV_REJECT_KEY_ID_MISMATCH, rv_validate_key(&r, "item-", 5, msg, sizeof msg));   /* prefix */
+  assert_reject(RV_REJECT_KEY_ID_MISMATCH, rv_validate_key(&r, "ITEM-7", 6, msg, sizeof msg));  /* no case folding */
+  assert_reject(RV_REJECT_KEY_ID_MISMATCH, rv_validate_key(&r, "item-7\0", 7, msg, sizeof msg)); /* a NUL counts */
+  /* An Avro-serialised key (length prefix 12 = zigzag 6, then the bytes) is not the id's plain bytes. */
+  assert_reject(RV_REJECT_KEY_ID_MISMATCH, rv_validate_key(&r, "\x0citem-7", 7, msg, sizeof msg));
+  assert_non_null(strstr(msg, "\\x0c"));
+  rv_vector_record_close(&r);
+
+  /* A tombstone: the decoder takes the id from the key, so they always agree. */
+  assert_reject(RV_REJECT_NONE, rv_decode_message(f->codec, 1, "gone-1", 6, NULL, 0, &r, msg, sizeof msg));
+  assert_reject(RV_REJECT_NONE, rv_validate_key(&r, "gone-1", 6, msg, sizeof msg));
+  rv_vector_record_close(&r);
+}
+
 static void test_decode_avro(void **state) {
   fixture_t *f = *state;
   rv_buf_t b;
@@ -442,6 +472,7 @@ int main(void) {
   };
   const struct CMUnitTest decode_tests[] = {
       cmocka_unit_test(test_decode_tombstone),
+      cmocka_unit_test(test_key_id_cross_check),
       cmocka_unit_test(test_decode_avro),
       cmocka_unit_test(test_decode_confluent),
       cmocka_unit_test(test_decode_json),
