@@ -192,14 +192,19 @@ const float *rv_sq8_l2_weights(const rv_sq8_t *q) { return q->w; }
 #define SQ8_ENCODE_ARGS \
   const float *restrict min, const float *restrict scale, const float *restrict in, uint8_t *restrict out, int dim
 
-__attribute__((target("avx512f"), optimize("O3", "no-trapping-math"))) static void sq8_encode_avx512(
-    SQ8_ENCODE_ARGS) {
+/* GCC vectorizes the loop only at O3 without trapping math; clang has no
+ * per-function optimize attribute (and warns about it), so it gets none. */
+#if defined(__clang__)
+#define SQ8_ENCODE_OPT
+#else
+#define SQ8_ENCODE_OPT __attribute__((optimize("O3", "no-trapping-math")))
+#endif
+
+__attribute__((target("avx512f"))) SQ8_ENCODE_OPT static void sq8_encode_avx512(SQ8_ENCODE_ARGS) {
   SQ8_ENCODE_LOOP
 }
-__attribute__((target("avx2"), optimize("O3", "no-trapping-math"))) static void sq8_encode_avx2(SQ8_ENCODE_ARGS) {
-  SQ8_ENCODE_LOOP
-}
-__attribute__((optimize("O3", "no-trapping-math"))) static void sq8_encode_base(SQ8_ENCODE_ARGS) { SQ8_ENCODE_LOOP }
+__attribute__((target("avx2"))) SQ8_ENCODE_OPT static void sq8_encode_avx2(SQ8_ENCODE_ARGS) { SQ8_ENCODE_LOOP }
+SQ8_ENCODE_OPT static void sq8_encode_base(SQ8_ENCODE_ARGS) { SQ8_ENCODE_LOOP }
 
 void rv_sq8_encode(const rv_sq8_t *q, const float *x, uint8_t *code) {
   if (__builtin_cpu_supports("avx512f")) sq8_encode_avx512(q->min, q->scale, x, code, q->dim);
